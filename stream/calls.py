@@ -1,0 +1,64 @@
+"""Margin-call state machine (SPEC §3).
+
+``shortfall = IM - equity``. When it turns positive a call is ISSUED; while it stays open,
+a change of at least ``update_threshold`` since the last published shortfall is published
+as UPDATED; when equity covers IM again the call is SATISFIED and closes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .money import money_str
+from .records import Cause, record_id
+
+
+@dataclass
+class OpenCall:
+    call_id: str
+    shortfall: Decimal  # last published shortfall
+
+    def as_dict(self) -> dict:
+        return {"call_id": self.call_id, "shortfall": str(self.shortfall)}
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> "OpenCall | None":
+        return None if raw is None else cls(raw["call_id"], Decimal(raw["shortfall"]))
+
+
+def next_call(
+    open_call: OpenCall | None,
+    account_id: str,
+    im: Decimal,
+    equity: Decimal,
+    update_threshold: Decimal,
+    cause: Cause,
+    as_of: str,
+) -> tuple[OpenCall | None, dict | None]:
+    """Return the call state after this change and the call record to publish, if any."""
+    shortfall = im - equity
+    if open_call is None:
+        if shortfall <= 0:
+            return None, None
+        call_id = record_id("call", account_id, cause)
+        status, new_state = "ISSUED", OpenCall(call_id, shortfall)
+    elif shortfall <= 0:
+        status, new_state = "SATISFIED", None
+    elif abs(shortfall - open_call.shortfall) >= update_threshold:
+        status, new_state = "UPDATED", OpenCall(open_call.call_id, shortfall)
+    else:
+        return open_call, None
+    call_id = open_call.call_id if open_call is not None else new_state.call_id  # type: ignore[union-attr]
+    record = {
+        "call_id": call_id,
+        "account_id": account_id,
+        "status": status,
+        "shortfall": money_str(max(shortfall, Decimal(0))),
+        "im": money_str(im),
+        "equity": money_str(equity),
+        "as_of": as_of,
+        "cause": cause.as_dict(),
+        "id": record_id(f"call:{status}", account_id, cause),
+    }
+    return new_state, record

@@ -1,0 +1,74 @@
+"""``kpimargin`` command line (also ``python -m stream``).
+
+Core commands (``whatif``) import no Kafka code; streaming commands import it lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+
+
+class InputFileError(Exception):
+    pass
+
+
+def _load_json(path: str) -> Any:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InputFileError(f"{path}: not valid JSON: {exc}") from None
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from .whatif import WhatIfInputError, whatif
+
+    try:
+        listings = [(p, _load_json(p)) for p in args.contract]
+        flashes = [(p, _load_json(p)) for p in args.flash or []]
+        fills = [(args.fills, _load_json(args.fills))]
+        result = whatif(listings, fills, args.at, flashes)
+    except (InputFileError, WhatIfInputError) as exc:
+        print(f"kpimargin whatif: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kpimargin",
+        description="Streaming initial-margin processor for bounded KPI futures.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("whatif", help="pre-trade margin of a set of fills, on files, no Kafka")
+    p.add_argument("--contract", action="append", required=True, metavar="LISTING.json",
+                   help="a listing message or a JSON list of them (repeatable)")
+    p.add_argument("--fills", required=True, metavar="FILLS.json", help="a JSON list of fills (any accounts)")
+    p.add_argument("--at", required=True, metavar="ISO_TIME", help="event time to margin at (a clock tick)")
+    p.add_argument("--flash", action="append", metavar="FLASH.json",
+                   help="a flash message or a JSON list of them (repeatable)")
+    p.set_defaults(func=cmd_whatif)
+
+    try:
+        from . import cli_stream
+    except ImportError:  # pragma: no cover - streaming extras missing
+        cli_stream = None
+    if cli_stream is not None:
+        cli_stream.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)

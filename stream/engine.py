@@ -1,0 +1,475 @@
+"""The account engine: ``apply(state, event, cause) -> (state, outputs)`` (SPEC §2–3).
+
+One :class:`EngineState` holds the contracts, the event-time clock and the accounts of one
+partition of the ordered log. ``apply`` validates the event completely before it changes
+anything, so a rejected event (a :class:`~stream.errors.Rejected`) leaves the state as it
+was. The state is updated in place and returned, for speed: callers own it.
+
+Idempotency has two layers:
+
+* every state row (each contract, the clock, each account) remembers, per source
+  topic-partition, the highest source offset it has applied; an event whose ``cause.offset``
+  is not above it is skipped for that row. Re-deliveries after a crash are therefore no-ops,
+  row by row, whatever subset of rows had been persisted.
+* fills and movements are also deduplicated by their business id: the same id with the
+  same content is ignored; with different content it is a ``duplicate_conflict``.
+
+Outputs are requirement and call records (SPEC §4), each with a deterministic ``id`` and
+the ``cause`` that produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Iterable
+
+import numpy as np
+
+from . import model
+from .calls import OpenCall, next_call
+from .errors import ContractSettled, DuplicateConflict, OutOfOrder, OutOfRange, UnknownContract
+from .model import RiskVector
+from .money import ZERO, cents_to_decimal, cents_up, money_str
+from .positions import Book, Position
+from .records import (
+    Cause,
+    Event,
+    Fill,
+    Flash,
+    Listing,
+    Movement,
+    Settlement,
+    Tick,
+    parse_flash,
+    parse_listing,
+    parse_settlement,
+    record_id,
+)
+from .timeutil import format_time_us
+from .topics import CALLS, REQUIREMENTS
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: str
+    value: dict
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine knobs that are not model parameters (SPEC §3)."""
+
+    call_update_threshold: Decimal = Decimal("0.01")
+
+
+def _src_key(cause: Cause) -> str:
+    return f"{cause.topic}/{cause.partition}"
+
+
+def _seen(src: dict[str, int], cause: Cause) -> bool:
+    """True if a row has already applied this source offset (a re-delivery)."""
+    return cause.offset is not None and src.get(_src_key(cause), -1) >= cause.offset
+
+
+def _mark(src: dict[str, int], cause: Cause) -> None:
+    if cause.offset is not None:
+        src[_src_key(cause)] = cause.offset
+
+
+# --------------------------------------------------------------------------- state rows
+@dataclass
+class ContractState:
+    listing: Listing
+    listing_raw: dict
+    seq: int  # listing order: the order positions are summed in, in every partition
+    estimate: model.Estimate
+    rv: RiskVector
+    flash: Flash | None = None
+    flash_raw: dict | None = None
+    settlement: Settlement | None = None
+    settlement_raw: dict | None = None
+    src: dict[str, int] = field(default_factory=dict)
+    book: Book = field(default_factory=Book)
+    tau: float = 1.0
+    conv_f: float = 0.0
+    lower_dec: Decimal = ZERO
+    upper_dec: Decimal = ZERO
+
+    @property
+    def contract_id(self) -> str:
+        return self.listing.contract_id
+
+    def as_row(self) -> dict:
+        return {
+            "listing": self.listing_raw,
+            "seq": self.seq,
+            "flash": self.flash_raw,
+            "settlement": self.settlement_raw,
+            "src": dict(self.src),
+        }
+
+
+@dataclass
+class Account:
+    account_id: str
+    index: int
+    equity: Decimal = ZERO
+    positions: dict[str, Position] = field(default_factory=dict)  # open positions
+    seen: dict[str, str] = field(default_factory=dict)  # "t:<trade_id>"/"m:<movement_id>" -> fingerprint
+    src: dict[str, int] = field(default_factory=dict)
+    published_im_cents: int | None = None
+    published_equity: Decimal | None = None
+    call: OpenCall | None = None
+
+    def as_row(self) -> dict:
+        return {
+            "account_id": self.account_id,
+            "equity": str(self.equity),
+            "positions": {cid: p.as_dict() for cid, p in self.positions.items()},
+            "seen": dict(self.seen),
+            "src": dict(self.src),
+            "published_im_cents": self.published_im_cents,
+            "published_equity": None if self.published_equity is None else str(self.published_equity),
+            "call": None if self.call is None else self.call.as_dict(),
+        }
+
+
+@dataclass
+class EngineState:
+    config: EngineConfig = field(default_factory=EngineConfig)
+    contracts: dict[str, ContractState] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)
+    now_us: int | None = None
+    clock_src: dict[str, int] = field(default_factory=dict)
+
+    # ---- persistence: rows for a key-value table, and back
+    def rows(self) -> Iterable[tuple[str, dict]]:
+        yield "clock", {"now_us": self.now_us, "src": dict(self.clock_src)}
+        for cid, contract in self.contracts.items():
+            yield f"contract:{cid}", contract.as_row()
+        for aid, account in self.accounts.items():
+            yield f"account:{aid}", account.as_row()
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[str, dict]], config: EngineConfig | None = None) -> "EngineState":
+        """Rebuild a state (contracts, books, cached IMs) from its persisted rows."""
+        state = cls(config=config or EngineConfig())
+        contract_rows, account_rows = [], []
+        for key, row in rows:
+            if key == "clock":
+                state.now_us = row["now_us"]
+                state.clock_src = dict(row["src"])
+            elif key.startswith("contract:"):
+                contract_rows.append(row)
+            elif key.startswith("account:"):
+                account_rows.append(row)
+        for row in sorted(contract_rows, key=lambda r: r["seq"]):
+            contract = _new_contract(state, parse_listing(row["listing"]), row["listing"], row["seq"])
+            if row["flash"] is not None:
+                _set_flash(contract, parse_flash(row["flash"]), row["flash"])
+            if row["settlement"] is not None:
+                contract.settlement = parse_settlement(row["settlement"])
+                contract.settlement_raw = row["settlement"]
+            contract.src = dict(row["src"])
+            state.contracts[contract.contract_id] = contract
+        for row in account_rows:
+            account = _get_account(state, row["account_id"])
+            account.equity = Decimal(row["equity"])
+            account.seen = dict(row["seen"])
+            account.src = dict(row["src"])
+            account.published_im_cents = row["published_im_cents"]
+            pe = row["published_equity"]
+            account.published_equity = None if pe is None else Decimal(pe)
+            account.call = OpenCall.from_dict(row["call"])
+            for cid, raw in row["positions"].items():
+                position = Position.from_dict(raw)
+                account.positions[cid] = position
+                contract = state.contracts[cid]
+                contract.book.set(contract.book.row_for(account.account_id, account.index), position)
+        for contract in state.contracts.values():
+            _refresh_book(state, contract)
+        return state
+
+
+# --------------------------------------------------------------------------- helpers
+def _new_contract(state: EngineState, listing: Listing, raw: dict, seq: int) -> ContractState:
+    est = model.estimate(listing.history, listing.params)
+    rv = model.risk_vector(listing.lower, listing.upper, listing.history, listing.params, est=est)
+    contract = ContractState(listing=listing, listing_raw=raw, seq=seq, estimate=est, rv=rv)
+    contract.lower_dec = Decimal(repr(listing.lower))
+    contract.upper_dec = Decimal(repr(listing.upper))
+    _set_time(state, contract)
+    return contract
+
+
+def _set_flash(contract: ContractState, flash: Flash, raw: dict) -> None:
+    listing = contract.listing
+    contract.rv = model.risk_vector(
+        listing.lower, listing.upper, listing.history, listing.params, flash.value, flash.coverage, est=contract.estimate
+    )
+    contract.flash, contract.flash_raw = flash, raw
+
+
+def _set_time(state: EngineState, contract: ContractState) -> None:
+    """tau and the convergence factor at the current event time (SPEC §2.11, §2.15)."""
+    listing = contract.listing
+    now = state.now_us if state.now_us is not None else listing.listing_us
+    contract.tau = model.tau(now, listing.listing_us, listing.settlement_us)
+    contract.conv_f = model.conv_factor(contract.rv.k, contract.tau)
+
+
+def _refresh_book(state: EngineState, contract: ContractState) -> None:
+    """Re-margin every position of one contract in one vectorised pass."""
+    book = contract.book
+    if book.n:
+        q, a = book.columns()
+        book.im[: book.n] = model.positions_risk(q, a, contract.rv, contract.conv_f).im
+
+
+def _get_account(state: EngineState, account_id: str) -> Account:
+    account = state.accounts.get(account_id)
+    if account is None:
+        account = Account(account_id, index=len(state.accounts))
+        state.accounts[account_id] = account
+    return account
+
+
+def _ordered_positions(state: EngineState, account: Account) -> list[tuple[ContractState, Position]]:
+    pairs = [(state.contracts[cid], p) for cid, p in account.positions.items()]
+    pairs.sort(key=lambda pair: pair[0].seq)
+    return pairs
+
+
+def account_risk(state: EngineState, account: Account) -> tuple[float, list[dict]]:
+    """Account IM (sum of position IMs in listing order) and the per-position components."""
+    total = 0.0
+    positions = []
+    for contract, position in _ordered_positions(state, account):
+        risk = model.position_risk(position.q_float, position.a_float, contract.rv, contract.tau, contract.conv_f)
+        total += risk.im
+        positions.append(risk.as_dict(contract.contract_id))
+    return total, positions
+
+
+def _as_of(state: EngineState, event_us: int) -> str:
+    return format_time_us(state.now_us if state.now_us is not None else event_us)
+
+
+def _publish(state: EngineState, account: Account, im_total: float, cause: Cause, event_us: int) -> list[Output]:
+    """Requirement (if IM or equity moved by a cent) and call records for one account."""
+    im_cents = cents_up(im_total)
+    if account.published_im_cents == im_cents and account.published_equity == account.equity:
+        return []
+    _, positions = account_risk(state, account)
+    im = cents_to_decimal(im_cents)
+    as_of = _as_of(state, event_us)
+    outputs = [
+        Output(
+            REQUIREMENTS,
+            account.account_id,
+            {
+                "account_id": account.account_id,
+                "as_of": as_of,
+                "im": money_str(im),
+                "equity": money_str(account.equity),
+                "excess": money_str(account.equity - im),
+                "positions": positions,
+                "cause": cause.as_dict(),
+                "id": record_id("requirement", account.account_id, cause),
+            },
+        )
+    ]
+    account.published_im_cents = im_cents
+    account.published_equity = account.equity
+    account.call, call_record = next_call(
+        account.call, account.account_id, im, account.equity, state.config.call_update_threshold, cause, as_of
+    )
+    if call_record is not None:
+        outputs.append(Output(CALLS, account.account_id, call_record))
+    return outputs
+
+
+def _remargin(state: EngineState, accounts: Iterable[Account], cause: Cause, event_us: int) -> list[Output]:
+    """Publish for every given account whose row has not yet applied this cause, using the
+    cached (vectorised) position IMs; sums run in listing order, as in :func:`account_risk`."""
+    accounts = [acc for acc in accounts if not _seen(acc.src, cause)]
+    if not accounts:
+        return []
+    totals = np.zeros(len(state.accounts))
+    for contract in state.contracts.values():  # insertion order == listing order
+        book = contract.book
+        if book.n and contract.settlement is None:
+            totals[book.account_idx[: book.n]] += book.im[: book.n]
+    outputs: list[Output] = []
+    for account in accounts:
+        outputs.extend(_publish(state, account, float(totals[account.index]), cause, event_us))
+        _mark(account.src, cause)
+    return outputs
+
+
+def _holders(state: EngineState, contract: ContractState) -> list[Account]:
+    return [state.accounts[aid] for aid in contract.book.account_ids]
+
+
+# --------------------------------------------------------------------------- events
+def _apply_listing(state: EngineState, ev: Listing, raw: dict, cause: Cause) -> list[Output]:
+    existing = state.contracts.get(ev.contract_id)
+    if existing is not None:
+        if existing.listing.fingerprint != ev.fingerprint:
+            raise DuplicateConflict("contract already listed with different terms", field="contract_id")
+        return []
+    contract = _new_contract(state, ev, raw, seq=len(state.contracts))
+    _mark(contract.src, cause)
+    state.contracts[ev.contract_id] = contract
+    return []
+
+
+def _known_contract(state: EngineState, contract_id: str) -> ContractState:
+    contract = state.contracts.get(contract_id)
+    if contract is None:
+        raise UnknownContract(f"no listing for {contract_id!r}", field="contract_id")
+    return contract
+
+
+def _apply_flash(state: EngineState, ev: Flash, raw: dict, cause: Cause) -> list[Output]:
+    contract = _known_contract(state, ev.contract_id)
+    if not _seen(contract.src, cause):
+        if contract.settlement is not None:
+            raise ContractSettled("flash after settlement", field="contract_id")
+        current = contract.flash
+        if current is not None:
+            if current.fingerprint == ev.fingerprint:
+                return []
+            if ev.as_of_us <= current.as_of_us:
+                raise OutOfOrder(
+                    f"as_of {format_time_us(ev.as_of_us)} is not after the current flash's "
+                    f"{format_time_us(current.as_of_us)}",
+                    field="as_of",
+                    reason="stale_flash",
+                )
+        _set_flash(contract, ev, raw)
+        _refresh_book(state, contract)
+        _mark(contract.src, cause)
+    return _remargin(state, _holders(state, contract), cause, ev.as_of_us)
+
+
+def _apply_tick(state: EngineState, ev: Tick, cause: Cause) -> list[Output]:
+    if not _seen(state.clock_src, cause):
+        if state.now_us is not None and ev.ts_us <= state.now_us:
+            if ev.ts_us == state.now_us:
+                return []
+            raise OutOfOrder(
+                f"tick {format_time_us(ev.ts_us)} is before the clock {format_time_us(state.now_us)}",
+                field="ts",
+                reason="tick_out_of_order",
+            )
+        state.now_us = ev.ts_us
+        for contract in state.contracts.values():
+            if contract.settlement is None:
+                _set_time(state, contract)
+                _refresh_book(state, contract)
+        _mark(state.clock_src, cause)
+    holders = [acc for acc in state.accounts.values() if acc.positions]
+    return _remargin(state, holders, cause, ev.ts_us)
+
+
+def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Cause) -> list[Output]:
+    contract = _known_contract(state, ev.contract_id)
+    holders = _holders(state, contract)
+    if not _seen(contract.src, cause):
+        if contract.settlement is not None:
+            if contract.settlement.fingerprint == ev.fingerprint:
+                return []
+            raise DuplicateConflict("contract already settled at a different value", field="value")
+        contract.settlement, contract.settlement_raw = ev, raw
+        _mark(contract.src, cause)
+    outputs: list[Output] = []
+    for account in holders:
+        if _seen(account.src, cause):
+            continue
+        position = account.positions.pop(contract.contract_id, None)
+        if position is not None:
+            account.equity += position.settle_pnl(ev.value, contract.lower_dec, contract.upper_dec)
+        outputs.extend(_publish(state, account, account_risk(state, account)[0], cause, ev.ts_us))
+        _mark(account.src, cause)
+    return outputs
+
+
+def _check_duplicate(account: Account | None, key: str, fp: str, id_field: str) -> bool:
+    """True if this id was applied before with the same content; conflict if different."""
+    if account is None or key not in account.seen:
+        return False
+    if account.seen[key] != fp:
+        raise DuplicateConflict("id already applied with different content", field=id_field)
+    return True
+
+
+def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
+    account = state.accounts.get(ev.account_id)
+    if account is not None and _seen(account.src, cause):
+        return []
+    if _check_duplicate(account, f"t:{ev.trade_id}", ev.fingerprint, "trade_id"):
+        return []
+    contract = _known_contract(state, ev.contract_id)
+    listing = contract.listing
+    if contract.settlement is not None:
+        raise ContractSettled("fill after settlement", field="contract_id")
+    if not contract.lower_dec <= ev.price <= contract.upper_dec:
+        raise OutOfRange(
+            f"price {ev.price} outside the range [{listing.lower:g}, {listing.upper:g}]",
+            field="price",
+            reason="price_out_of_range",
+        )
+    if ev.ts_us < listing.listing_us:
+        raise OutOfRange("fill before the contract's listing_time", field="ts", reason="fill_before_listing")
+    if ev.ts_us > listing.settlement_us:
+        raise OutOfRange("fill after the contract's settlement_time", field="ts", reason="fill_after_settlement_time")
+    account = _get_account(state, ev.account_id)
+    account.seen[f"t:{ev.trade_id}"] = ev.fingerprint
+    position = account.positions.setdefault(ev.contract_id, Position(ZERO, ZERO))
+    position.add_fill(ev.delta, ev.notional, ev.price)
+    book = contract.book
+    row = book.row_for(account.account_id, account.index)
+    book.set(row, position)
+    book.im[row] = model.position_risk(book.q[row], book.a[row], contract.rv, contract.tau, contract.conv_f).im
+    outputs = _publish(state, account, account_risk(state, account)[0], cause, ev.ts_us)
+    _mark(account.src, cause)
+    return outputs
+
+
+def _apply_movement(state: EngineState, ev: Movement, cause: Cause) -> list[Output]:
+    account = state.accounts.get(ev.account_id)
+    if account is not None and _seen(account.src, cause):
+        return []
+    if _check_duplicate(account, f"m:{ev.movement_id}", ev.fingerprint, "movement_id"):
+        return []
+    account = _get_account(state, ev.account_id)
+    account.seen[f"m:{ev.movement_id}"] = ev.fingerprint
+    account.equity += ev.amount
+    outputs = _publish(state, account, account_risk(state, account)[0], cause, ev.ts_us)
+    _mark(account.src, cause)
+    return outputs
+
+
+def apply(state: EngineState, event: Event, cause: Cause, raw: dict | None = None) -> tuple[EngineState, list[Output]]:
+    """Apply one validated event; return the (same, updated) state and the records to
+    publish. Raises :class:`~stream.errors.Rejected` -- with the state unchanged -- for
+    input that cannot be applied. ``raw`` is the decoded message (kept for persistence of
+    listings, flashes and settlements)."""
+    if isinstance(event, Fill):
+        outputs = _apply_fill(state, event, cause)
+    elif isinstance(event, Movement):
+        outputs = _apply_movement(state, event, cause)
+    elif isinstance(event, Tick):
+        outputs = _apply_tick(state, event, cause)
+    elif isinstance(event, Flash):
+        outputs = _apply_flash(state, event, raw or {}, cause)
+    elif isinstance(event, Listing):
+        outputs = _apply_listing(state, event, raw or {}, cause)
+    elif isinstance(event, Settlement):
+        outputs = _apply_settlement(state, event, raw or {}, cause)
+    else:  # pragma: no cover - the parsers return only the types above
+        raise TypeError(f"not an event: {event!r}")
+    return state, outputs

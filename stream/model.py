@@ -1,0 +1,417 @@
+"""The margin model of SPEC §2, split so that every fill is O(1).
+
+A contract change (listing, flash) is turned once into a :class:`RiskVector` — the range,
+the two tail means of the clamped outcome, the two stress extremes and the IM parameters.
+Because a net position's loss ``loss(K~) = (a - q*K~) / R`` is affine in the clamped
+outcome ``K~`` (SPEC §2.7), every position measure is then a closed form in ``(q, a)``:
+
+* ``max_loss = max(0, loss(lower), loss(upper))``                       (§2.8)
+* ``ES = loss(mean of the lowest m outcomes)`` for ``q > 0`` and
+  ``loss(mean of the highest m outcomes)`` for ``q < 0``, ``m = ceil((1-alpha)*M)`` (§2.9)
+* ``stress = max(loss(min stress level), loss(max stress level))``     (§2.10)
+* ``conv = max_loss * (1 - exp(-k*(1-tau)))``                          (§2.11)
+* ``stat = max(beta*max_loss, ES, stress)``, ``conc = gamma*|q|/depth*max_loss`` (§2.12)
+* ``IM = min(max_loss, max(0, conv + stat + conc))``                   (§2.13)
+
+:func:`position_risk` (pure Python floats) and :func:`positions_risk` (numpy arrays) use
+the same IEEE operations in the same order, so they agree bit for bit; the convergence
+factor ``1 - exp(-k*(1-tau))`` is computed once per contract and tick with ``math.exp``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Mapping
+
+import numpy as np
+from scipy import stats
+
+from .errors import InvalidListing, SchemaViolation
+
+
+# --------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class Params:
+    """Model parameters (SPEC §2.14 defaults: the note's production calibration)."""
+
+    alpha: float = 0.99
+    nu: float = 5.0
+    c: float = 4.0
+    lam: float = 3.5
+    k: float = 1.5
+    beta: float = 0.30
+    gamma: float = 0.05
+    depth: float = 500_000.0
+    mc_samples: int = 12_000
+    mc_seed: int = 42
+    es_method: str = "mc"
+    sigma_prior: float | None = None
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, object] | None) -> "Params":
+        """Validate per-contract overrides; each bad value names its field."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise SchemaViolation("params must be an object", field="params")
+        known = {f.name for f in fields(cls)}
+        values: dict[str, object] = {}
+        for name, value in raw.items():
+            where = f"params.{name}"
+            if name not in known:
+                raise InvalidListing(f"unknown parameter (known: {', '.join(sorted(known))})", field=where)
+            if name == "es_method":
+                if value not in ("mc", "analytic"):
+                    raise InvalidListing(f"must be 'mc' or 'analytic', got {value!r}", field=where)
+            elif name in ("mc_samples", "mc_seed"):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise InvalidListing(f"must be an integer, got {value!r}", field=where)
+            elif name == "sigma_prior" and value is None:
+                pass
+            else:
+                value = _finite(value, where)
+            values[name] = value
+        params = cls(**values)  # type: ignore[arg-type]
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        checks = [
+            ("alpha", 0.0 < self.alpha < 1.0, "must satisfy 0 < alpha < 1"),
+            ("nu", self.nu > 2.0, "must satisfy nu > 2 (finite variance)"),
+            ("c", self.c >= 0.0, "must satisfy c >= 0"),
+            ("lam", self.lam >= 0.0, "must satisfy lam >= 0"),
+            ("k", self.k > 0.0, "must satisfy k > 0"),
+            ("beta", 0.0 <= self.beta <= 1.0, "must satisfy 0 <= beta <= 1"),
+            ("gamma", self.gamma >= 0.0, "must satisfy gamma >= 0"),
+            ("depth", self.depth > 0.0, "must satisfy depth > 0"),
+            ("mc_samples", 1 <= self.mc_samples <= 10_000_000, "must satisfy 1 <= mc_samples <= 10,000,000"),
+            ("mc_seed", 0 <= self.mc_seed < 2**63, "must be a non-negative 63-bit integer"),
+            ("sigma_prior", self.sigma_prior is None or self.sigma_prior > 0.0, "must be > 0"),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                raise InvalidListing(f"{message}, got {getattr(self, name)!r}", field=f"params.{name}")
+
+    def tail_count(self) -> int:
+        """``m = ceil((1 - alpha) * M)``, exact despite binary floats (SPEC §2.9):
+        ``(1 - 0.99) * 12000`` is 120.00000000000011, so round to 9 places first."""
+        return max(1, math.ceil(round((1.0 - self.alpha) * self.mc_samples, 9)))
+
+
+def _finite(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidListing(f"must be a number, got {value!r}", field=where)
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidListing(f"must be finite, got {value!r}", field=where)
+    return number
+
+
+# --------------------------------------------------------------------------- estimation
+@dataclass(frozen=True)
+class Estimate:
+    """Return statistics of a contract's history (SPEC §2.1–2.3)."""
+
+    n: int  # number of returns
+    mu: float  # mean return
+    sigma: float  # sample standard deviation (ddof=1), or sigma_prior when n < 2
+    sigma_adj: float  # sqrt(sigma**2 * (1 + c/n)) -- the return's standard deviation
+    r_min: float
+    r_max: float
+
+
+def estimate(history: tuple[float, ...], params: Params) -> Estimate:
+    """``r_i = K_i/K_{i-1} - 1``; ``mu = mean(r)``; ``s2 = var(r, ddof=1)`` (or
+    ``sigma_prior**2`` when n < 2); ``sigma_adj = sqrt(s2 * (1 + c/n))`` (SPEC §2.1–2.3)."""
+    levels = np.asarray(history, dtype=np.float64)
+    returns = levels[1:] / levels[:-1] - 1.0
+    n = int(returns.size)
+    if n < 1:
+        raise InvalidListing("at least 2 history levels are needed", field="history")
+    if n >= 2:
+        s2 = float(np.var(returns, ddof=1))
+    elif params.sigma_prior is not None:
+        s2 = params.sigma_prior**2
+    else:
+        raise InvalidListing(
+            "fewer than 2 returns: the listing must carry params.sigma_prior", field="params.sigma_prior"
+        )
+    sigma_adj = math.sqrt(s2 * (1.0 + params.c / n))
+    return Estimate(
+        n=n,
+        mu=float(np.mean(returns)),
+        sigma=math.sqrt(s2),
+        sigma_adj=sigma_adj,
+        r_min=float(returns.min()),
+        r_max=float(returns.max()),
+    )
+
+
+# --------------------------------------------------------------------------- risk vector
+@dataclass(frozen=True)
+class RiskVector:
+    """Everything a position's IM needs from its contract state, computed once per change.
+
+    ``tail_low``/``tail_high``: mean of the lowest/highest ``m`` clamped outcomes (mc) or the
+    exact clamped Student-t tail means (analytic); ``stress_lo``/``stress_hi``: the extreme
+    clamped stress levels (SPEC §2.9–2.10)."""
+
+    lower: float
+    upper: float
+    anchor: float
+    loc: float  # mu, or 0 under a flash
+    sigma_adj: float
+    flash_scale: float  # sqrt(1 - w); 1 without a flash
+    t_scale: float  # sigma_adj * sqrt((nu-2)/nu) * flash_scale: the Student-t scale
+    tail_low: float
+    tail_high: float
+    stress_levels: tuple[float, float, float, float]
+    stress_lo: float
+    stress_hi: float
+    k: float
+    beta: float
+    gamma: float
+    depth: float
+    es_method: str
+    tail_count: int
+
+    @property
+    def range_width(self) -> float:
+        return self.upper - self.lower
+
+    def as_dict(self) -> dict:
+        return {
+            "lower": self.lower,
+            "upper": self.upper,
+            "anchor": self.anchor,
+            "loc": self.loc,
+            "sigma_adj": self.sigma_adj,
+            "flash_scale": self.flash_scale,
+            "t_scale": self.t_scale,
+            "tail_low": self.tail_low,
+            "tail_high": self.tail_high,
+            "stress_levels": list(self.stress_levels),
+            "es_method": self.es_method,
+            "tail_count": self.tail_count,
+            "k": self.k,
+            "beta": self.beta,
+            "gamma": self.gamma,
+            "depth": self.depth,
+        }
+
+
+def clamp(x: float, lower: float, upper: float) -> float:
+    return min(max(x, lower), upper)
+
+
+@lru_cache(maxsize=64)
+def sorted_standard_t(nu: float, samples: int, seed: int) -> np.ndarray:
+    """The note's draws ``default_rng(seed).standard_t(nu, M)``, sorted ascending.
+
+    The clamped outcome ``clamp(anchor*(1 + loc + s*T))`` is non-decreasing in ``T`` (anchor
+    > 0, s >= 0), so the lowest/highest ``m`` outcomes are those of the lowest/highest ``m``
+    draws: a flash re-estimates in O(m) instead of re-sorting M outcomes."""
+    draws = np.random.default_rng(seed).standard_t(nu, samples)
+    draws.sort()
+    draws.setflags(write=False)
+    return draws
+
+
+def mc_tail_means(anchor: float, loc: float, t_scale: float, lower: float, upper: float, params: Params) -> tuple[float, float]:
+    """Mean of the lowest and of the highest ``m`` clamped MC outcomes (SPEC §2.9)."""
+    m = params.tail_count()
+    draws = sorted_standard_t(params.nu, params.mc_samples, params.mc_seed)
+    low = np.clip(anchor * (1.0 + loc + t_scale * draws[:m]), lower, upper)
+    high = np.clip(anchor * (1.0 + loc + t_scale * draws[-m:]), lower, upper)
+    return float(low.mean()), float(high.mean())
+
+
+def _t_partial_first_moment(x: float, nu: float) -> float:
+    """``G(x) = ∫_{-inf}^{x} t f(t) dt = -(nu + x^2)/(nu - 1) * f(x)`` for Student-t(nu)."""
+    if math.isinf(x):
+        return 0.0
+    return -(nu + x * x) / (nu - 1.0) * float(stats.t.pdf(x, nu))
+
+
+def _clamped_integral(a0: float, b0: float, lo_t: float, hi_t: float, lower: float, upper: float, nu: float) -> float:
+    """``∫_{lo_t}^{hi_t} clamp(a0 + b0*t, lower, upper) f_nu(t) dt`` in closed form, b0 > 0.
+
+    The line hits ``lower`` at ``t_L = (lower - a0)/b0`` and ``upper`` at ``t_U``; below
+    ``t_L`` the integrand is ``lower*f``, between it is ``(a0 + b0 t) f``, above ``upper*f``."""
+    t_lower = (lower - a0) / b0
+    t_upper = (upper - a0) / b0
+    cdf = lambda x: float(stats.t.cdf(x, nu))  # noqa: E731
+    total = 0.0
+    # region 1: t < t_L
+    hi1 = min(hi_t, t_lower)
+    if hi1 > lo_t:
+        total += lower * (cdf(hi1) - cdf(lo_t))
+    # region 2: t_L <= t <= t_U
+    lo2, hi2 = max(lo_t, t_lower), min(hi_t, t_upper)
+    if hi2 > lo2:
+        total += a0 * (cdf(hi2) - cdf(lo2))
+        total += b0 * (_t_partial_first_moment(hi2, nu) - _t_partial_first_moment(lo2, nu))
+    # region 3: t > t_U
+    lo3 = max(lo_t, t_upper)
+    if hi_t > lo3:
+        total += upper * (cdf(hi_t) - cdf(lo3))
+    return total
+
+
+def analytic_tail_means(anchor: float, loc: float, t_scale: float, lower: float, upper: float, params: Params) -> tuple[float, float]:
+    """Exact lower/upper ``(1-alpha)``-tail means of the clamped outcome (no sampling):
+    ``(1/p) ∫_{-inf}^{t_p} clamp(...) f dt`` and ``(1/p) ∫_{t_{1-p}}^{inf} clamp(...) f dt``."""
+    a0 = anchor * (1.0 + loc)
+    b0 = anchor * t_scale
+    if b0 <= 0.0:
+        certain = clamp(a0, lower, upper)
+        return certain, certain
+    p = 1.0 - params.alpha
+    t_low = float(stats.t.ppf(p, params.nu))
+    t_high = float(stats.t.isf(p, params.nu))
+    low = _clamped_integral(a0, b0, -math.inf, t_low, lower, upper, params.nu) / p
+    high = _clamped_integral(a0, b0, t_high, math.inf, lower, upper, params.nu) / p
+    return clamp(low, lower, upper), clamp(high, lower, upper)
+
+
+def risk_vector(
+    lower: float,
+    upper: float,
+    history: tuple[float, ...],
+    params: Params,
+    flash_value: float | None = None,
+    flash_coverage: float = 0.0,
+    est: Estimate | None = None,
+) -> RiskVector:
+    """Turn a contract state (listing + latest flash) into its :class:`RiskVector`.
+
+    Without a flash: anchor ``K_t``, location ``mu``. With a flash (value E, coverage w):
+    anchor ``E``, location 0 and every return scale times ``sqrt(1 - w)`` (SPEC §2.6)."""
+    est = est or estimate(history, params)
+    if flash_value is None:
+        anchor, loc, flash_scale = float(history[-1]), est.mu, 1.0
+    else:
+        anchor, loc, flash_scale = float(flash_value), 0.0, math.sqrt(max(0.0, 1.0 - flash_coverage))
+    t_scale = est.sigma_adj * math.sqrt((params.nu - 2.0) / params.nu) * flash_scale
+    tails = analytic_tail_means if params.es_method == "analytic" else mc_tail_means
+    tail_low, tail_high = tails(anchor, loc, t_scale, lower, upper, params)
+    scenario_returns = (est.r_min, est.r_max, -params.lam * est.sigma_adj, params.lam * est.sigma_adj)
+    stress_levels = tuple(clamp(anchor * (1.0 + r * flash_scale), lower, upper) for r in scenario_returns)
+    return RiskVector(
+        lower=float(lower),
+        upper=float(upper),
+        anchor=anchor,
+        loc=loc,
+        sigma_adj=est.sigma_adj,
+        flash_scale=flash_scale,
+        t_scale=t_scale,
+        tail_low=tail_low,
+        tail_high=tail_high,
+        stress_levels=stress_levels,  # type: ignore[arg-type]
+        stress_lo=min(stress_levels),
+        stress_hi=max(stress_levels),
+        k=params.k,
+        beta=params.beta,
+        gamma=params.gamma,
+        depth=params.depth,
+        es_method=params.es_method,
+        tail_count=params.tail_count(),
+    )
+
+
+# --------------------------------------------------------------------------- time
+def tau(now_us: int, listing_us: int, settlement_us: int) -> float:
+    """``tau = clamp((settlement - now) / (settlement - listing), 0, 1)`` (SPEC §2.11)."""
+    return clamp((settlement_us - now_us) / (settlement_us - listing_us), 0.0, 1.0)
+
+
+def conv_factor(k: float, tau_: float) -> float:
+    """``1 - exp(-k * (1 - tau))``: the share of max_loss the convergence term adds."""
+    return 1.0 - math.exp(-k * (1.0 - tau_))
+
+
+# --------------------------------------------------------------------------- positions
+@dataclass(frozen=True)
+class PositionRisk:
+    q: float
+    im: float
+    max_loss: float
+    es: float
+    stress: float
+    conv: float
+    stat: float
+    conc: float
+    tau: float
+
+    def as_dict(self, contract_id: str) -> dict:
+        return {
+            "contract_id": contract_id,
+            "q": self.q,
+            "im": self.im,
+            "max_loss": self.max_loss,
+            "es": self.es,
+            "stress": self.stress,
+            "conv": self.conv,
+            "stat": self.stat,
+            "conc": self.conc,
+            "tau": self.tau,
+        }
+
+
+def position_risk(q: float, a: float, rv: RiskVector, tau_: float, conv_f: float) -> PositionRisk:
+    """IM of one net position ``(q, a)`` in O(1) (SPEC §2.7–2.13); see the module doc."""
+    width = rv.upper - rv.lower
+    loss_lower = (a - q * rv.lower) / width
+    loss_upper = (a - q * rv.upper) / width
+    max_loss = max(0.0, max(loss_lower, loss_upper))
+    tail = rv.tail_low if q > 0.0 else rv.tail_high
+    es = (a - q * tail) / width
+    stress = max((a - q * rv.stress_lo) / width, (a - q * rv.stress_hi) / width)
+    conv = max_loss * conv_f
+    stat = max(max(rv.beta * max_loss, es), stress)
+    conc = rv.gamma * abs(q) / rv.depth * max_loss
+    im = min(max_loss, max(0.0, conv + stat + conc))
+    return PositionRisk(q, im, max_loss, es, stress, conv, stat, conc, tau_)
+
+
+@dataclass
+class RiskArrays:
+    """Column form of :class:`PositionRisk` for many positions of one contract."""
+
+    im: np.ndarray
+    max_loss: np.ndarray
+    es: np.ndarray
+    stress: np.ndarray
+    conv: np.ndarray
+    stat: np.ndarray
+    conc: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+def positions_risk(q: np.ndarray, a: np.ndarray, rv: RiskVector, conv_f: float) -> RiskArrays:
+    """Vectorised :func:`position_risk`: the same operations, in the same order."""
+    width = rv.upper - rv.lower
+    loss_lower = (a - q * rv.lower) / width
+    loss_upper = (a - q * rv.upper) / width
+    max_loss = np.maximum(0.0, np.maximum(loss_lower, loss_upper))
+    tail = np.where(q > 0.0, rv.tail_low, rv.tail_high)
+    es = (a - q * tail) / width
+    stress = np.maximum((a - q * rv.stress_lo) / width, (a - q * rv.stress_hi) / width)
+    conv = max_loss * conv_f
+    stat = np.maximum(np.maximum(rv.beta * max_loss, es), stress)
+    conc = rv.gamma * np.abs(q) / rv.depth * max_loss
+    im = np.minimum(max_loss, np.maximum(0.0, conv + stat + conc))
+    return RiskArrays(im, max_loss, es, stress, conv, stat, conc)
+
+
+def direct_es(q: float, a: float, anchor: float, loc: float, t_scale: float, lower: float, upper: float, params: Params) -> float:
+    """The naive ES (SPEC §2.9) for one position: sample all M outcomes, take the mean of
+    the worst ``m`` losses. O(M log M) per call -- the reference the fast path must equal."""
+    draws = np.random.default_rng(params.mc_seed).standard_t(params.nu, params.mc_samples)
+    outcomes = np.clip(anchor * (1.0 + loc + t_scale * draws), lower, upper)
+    losses = (a - q * outcomes) / (upper - lower)
+    m = params.tail_count()
+    return float(np.sort(losses)[-m:].mean())
