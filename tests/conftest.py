@@ -1,0 +1,79 @@
+"""Shared fixtures: the example contracts and small helpers to drive the pure engine."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream.engine import EngineState, apply
+from stream.records import Cause, parse
+from stream.topics import COLLATERAL, FILLS, FLASH, LISTINGS, SETTLEMENTS, TICKS
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "stream" / "examples"
+
+TSLA = {
+    "contract_id": "TSLA-Q2-2026-DELIVERIES",
+    "kpi": "Tesla quarterly vehicle deliveries",
+    "lower": 300000,
+    "upper": 600000,
+    "listing_time": "2026-01-01T00:00:00Z",
+    "settlement_time": "2026-07-02T00:00:00Z",
+    "history": [443956, 462890, 495570, 296751, 363000, 497120, 418227, 336681],
+    "params": {},
+}
+
+
+def load_example(name: str):
+    return orjson.loads((EXAMPLES / name).read_bytes())
+
+
+@pytest.fixture
+def tsla() -> dict:
+    return copy.deepcopy(TSLA)
+
+
+@pytest.fixture
+def web() -> dict:
+    return load_example("web_listing.json")
+
+
+class Driver:
+    """Feeds messages to one EngineState with increasing offsets per topic, like Kafka."""
+
+    def __init__(self, state: EngineState | None = None):
+        self.state = state or EngineState()
+        self.offsets = {t: itertools.count() for t in (LISTINGS, FLASH, SETTLEMENTS, TICKS, FILLS, COLLATERAL)}
+        self.outputs: list = []
+
+    def send(self, topic: str, msg: dict, offset: int | None = None):
+        event = parse(topic, msg)
+        off = next(self.offsets[topic]) if offset is None else offset
+        cause = Cause(topic, 0, off, getattr(event, "event_id", ""))
+        _, outputs = apply(self.state, event, cause, msg)
+        self.outputs.extend(outputs)
+        return outputs
+
+    def list(self, listing):
+        return self.send(LISTINGS, listing)
+
+    def tick(self, ts: str):
+        return self.send(TICKS, {"ts": ts})
+
+    def fill(self, trade_id, account, contract, side, price, notional, ts="2026-04-20T00:00:00Z"):
+        return self.send(
+            FILLS,
+            {"trade_id": trade_id, "account_id": account, "contract_id": contract, "side": side,
+             "price": price, "notional": notional, "ts": ts},
+        )
+
+    def deposit(self, movement_id, account, amount, ts="2026-04-20T00:00:00Z"):
+        return self.send(COLLATERAL, {"movement_id": movement_id, "account_id": account, "amount": amount, "ts": ts})
+
+
+@pytest.fixture
+def driver() -> Driver:
+    return Driver()
