@@ -126,6 +126,49 @@ def machine() -> dict:
     }
 
 
+def code_version() -> dict:
+    """Which code was measured: git HEAD, uncommitted changes under stream/, and a digest
+    of the core modules (others edit stream/ concurrently)."""
+    import hashlib
+    import subprocess
+
+    root = Path(stream.__file__).resolve().parent.parent
+    info: dict = {}
+    try:
+        info["git_head"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "stream"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.split("\n")
+        info["stream_uncommitted"] = [line.strip() for line in dirty if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        info["git_head"] = None
+    digest = hashlib.sha256()
+    for name in ("model.py", "engine.py", "records.py", "positions.py", "calls.py", "money.py"):
+        digest.update((root / "stream" / name).read_bytes())
+    info["core_sha256_12"] = digest.hexdigest()[:12]
+    return info
+
+
+def _cpu_times() -> list[int] | None:
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_share(before: list[int] | None, after: list[int] | None) -> dict | None:
+    """Machine-wide busy and steal percentages between two /proc/stat samples; this
+    process keeps about one vCPU busy, so busy well above 100/ncpu % means contention."""
+    if not before or not after:
+        return None
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d[:8]) or 1
+    idle = d[3] + d[4]
+    return {"busy_pct": round(100.0 * (total - idle) / total, 1), "steal_pct": round(100.0 * d[7] / total, 2)}
+
+
 def _loadavg() -> list[float] | None:
     """1/5/15-minute load averages: other processes on the machine skew the timings."""
     try:
@@ -211,22 +254,22 @@ class Fixture:
 
 
 # --------------------------------------------------------------------------- benchmarks
-def bench_fill(fx: Fixture, n: int, warmup: int) -> dict:
-    raws = fx.fill_stream(warmup + n)
+def prepare_fill(fx: Fixture, total: int) -> tuple[Callable[[int], None], list[int]]:
+    """``one(_)`` applies the next of ``total`` pre-parsed new fills (parsing not timed);
+    the list counts the records published."""
+    raws = fx.fill_stream(total)
     events = [parse(FILLS, r) for r in raws]
     causes = [fx.cause(FILLS, r["trade_id"]) for r in raws]
     state = fx.state
     published = [0]
+    nxt = iter(range(total))
 
-    def one(i: int) -> None:
+    def one(_: int) -> None:
+        i = next(nxt)
         _, outputs = engine.apply(state, events[i], causes[i])
         published[0] += len(outputs)
 
-    gc.collect()
-    samples = time_each(one, n, warmup)
-    req = published[0]
-    assert req >= warmup + n, f"only {req} records for {warmup + n} fills: something was deduplicated"
-    return {"samples": samples, "records_published": req, "fills": warmup + n}
+    return one, published
 
 
 def bench_parse_fill(fx: Fixture, n: int, warmup: int) -> list[float]:
@@ -261,6 +304,15 @@ def bench_flash_apply(fx: Fixture, n: int, warmup: int) -> list[float]:
     return time_each(one, n, warmup)
 
 
+def bench_account_risk(fx: Fixture, batches: int, per_batch: int) -> list[float]:
+    """``engine.account_risk``: the 10 position IMs and their dicts for the requirement
+    record -- the part of (a) that grows with the account's number of positions."""
+    state, account = fx.state, fx.account
+    fn = engine.account_risk
+    gc.collect()
+    return time_batches(lambda: fn(state, account), batches, per_batch)
+
+
 def bench_position_risk(fx: Fixture, batches: int, per_batch: int) -> list[float]:
     contract, q, a = fx.positions()[0]
     rv, tau, conv_f = contract.rv, contract.tau, contract.conv_f
@@ -291,8 +343,9 @@ def bench_risk_vector(fx: Fixture, es_method: str, n: int, warmup: int, cold: bo
     return out
 
 
-def bench_naive(fx: Fixture, n: int, warmup: int) -> tuple[list[float], float]:
-    """model.direct_es for each of the account's 10 positions, per fill."""
+def prepare_naive(fx: Fixture) -> tuple[Callable[[int], None], float]:
+    """``one(_)``: model.direct_es for each of the account's 10 positions (one fill's
+    naive re-margin); also the max relative difference naive vs O(1) ES."""
     items = []
     for contract, q, a in fx.positions():
         rv = contract.rv
@@ -309,8 +362,35 @@ def bench_naive(fx: Fixture, n: int, warmup: int) -> tuple[list[float], float]:
         fast = model.position_risk(q, a, contract.rv, contract.tau, contract.conv_f).es
         slow = direct(*it)
         max_rel = max(max_rel, abs(fast - slow) / max(abs(slow), 1e-12))
-    gc.collect()
-    return time_each(one, n, warmup), max_rel
+    return one, max_rel
+
+
+def bench_fill_vs_naive(fx: Fixture, n_fill: int, n_naive: int, rounds: int) -> dict:
+    """(a) and (d), interleaved in ``rounds`` blocks so that both see the same machine
+    conditions (the ratio is what matters); one warm-up block of each first."""
+    warm_fill, warm_naive = max(50, n_fill // 20), max(5, n_naive // 20)
+    fill_one, published = prepare_fill(fx, warm_fill + n_fill)
+    naive_one, max_rel = prepare_naive(fx)
+    time_each(fill_one, warm_fill)
+    time_each(naive_one, warm_naive)
+    fill_s: list[float] = []
+    naive_s: list[float] = []
+    per_round = []
+    for r in range(rounds):
+        gc.collect()
+        f = time_each(fill_one, n_fill // rounds)
+        gc.collect()
+        d = time_each(naive_one, n_naive // rounds)
+        fill_s += f
+        naive_s += d
+        fm, dm = statistics.median(f) * 1e6, statistics.median(d) * 1e6
+        per_round.append({"fill_median_us": fm, "naive_median_us": dm, "ratio": dm / fm})
+    applied = warm_fill + rounds * (n_fill // rounds)
+    assert published[0] >= applied, f"only {published[0]} records for {applied} fills: something was deduplicated"
+    return {
+        "fill": fill_s, "naive": naive_s, "rounds": per_round,
+        "records_published": published[0], "fills": applied, "max_rel": max_rel,
+    }
 
 
 def bench_naive_shared(fx: Fixture, n: int, warmup: int) -> list[float]:
@@ -362,7 +442,10 @@ def mc_error(seeds: int) -> dict:
         out = {}
         for name, (q, a) in books.items():
             pr = model.position_risk(q, a, rv, 1.0, 0.0)
-            out[name] = {"es": pr.es, "max_loss": pr.max_loss, "tail": rv.tail_low if q > 0 else rv.tail_high}
+            out[name] = {
+                "es": pr.es, "max_loss": pr.max_loss, "stress": pr.stress, "im_tau1": pr.im,
+                "tail": rv.tail_low if q > 0 else rv.tail_high,
+            }
         return out
 
     analytic = es_of(dataclasses.replace(base, es_method="analytic"))
@@ -380,6 +463,7 @@ def mc_error(seeds: int) -> dict:
             rels = rel_by_seed[name]
             row[name] = {
                 "es_mc_seed42": at42[name]["es"],
+                "im_tau1_mc_seed42": at42[name]["im_tau1"],
                 "rel_err_seed42": at42[name]["es"] / analytic[name]["es"] - 1.0,
                 "rms_rel_err": math.sqrt(statistics.fmean(x * x for x in rels)),
                 "mean_rel_err": statistics.fmean(rels),
@@ -400,28 +484,29 @@ def run(quick: bool) -> dict:
     s = 0.1 if quick else 1.0
     n = lambda full: max(20, int(full * s))  # noqa: E731
     fx = Fixture()
-    results: dict = {"quick": quick, "machine": machine(), "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    results: dict = {"quick": quick, "machine": machine(), "code": code_version(), "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     t_start = time.perf_counter()
-    load_start = _loadavg()
+    load_start, cpu_start = _loadavg(), _cpu_times()
 
-    fill = bench_fill(fx, n(20_000), warmup=n(1_000))
+    fill = bench_fill_vs_naive(fx, n(20_000), n(500), rounds=5)
     ops = {}
-    ops["a_fill_apply"] = summarize(fill["samples"])
+    ops["a_fill_apply"] = summarize(fill["fill"])
     ops["a_fill_parse_apply"] = summarize(bench_parse_fill(fx, n(10_000), warmup=n(500)))
+    ops["a_account_risk"] = summarize(bench_account_risk(fx, n(2_000), per_batch=10))
     ops["b_position_risk"] = summarize(bench_position_risk(fx, n(5_000), per_batch=200))
     ops["c_risk_vector_mc"] = summarize(bench_risk_vector(fx, "mc", n(5_000), warmup=n(200)))
     ops["c_risk_vector_analytic"] = summarize(bench_risk_vector(fx, "analytic", n(2_000), warmup=n(100)))
     ops["c_risk_vector_mc_cold"] = summarize(bench_risk_vector(fx, "mc", n(500), warmup=n(20), cold=True))
     ops["c_flash_apply_mc"] = summarize(bench_flash_apply(fx, n(3_000), warmup=n(100)))
-    naive_samples, naive_max_rel = bench_naive(fx, n(500), warmup=n(20))
-    ops["d_naive_direct_es_x10"] = summarize(naive_samples)
+    ops["d_naive_direct_es_x10"] = summarize(fill["naive"])
     ops["d_naive_shared_draws_x10"] = summarize(bench_naive_shared(fx, n(500), warmup=n(20)))
     fan = summarize(bench_fan_out(fx, n(300)))
     ops["e_positions_risk_100k"] = fan
     results["ops"] = ops
     results["fill_records_published"] = fill["records_published"]
     results["fills_applied"] = fill["fills"]
-    results["naive_vs_fast_es_max_rel_diff"] = naive_max_rel
+    results["naive_vs_fast_es_max_rel_diff"] = fill["max_rel"]
+    results["fill_vs_naive_rounds"] = fill["rounds"]
     a_med = ops["a_fill_apply"]["median_us"]
     results["speedup_naive_over_fill_median"] = ops["d_naive_direct_es_x10"]["median_us"] / a_med
     results["speedup_naive_over_fill_p99"] = ops["d_naive_direct_es_x10"]["p99_us"] / ops["a_fill_apply"]["p99_us"]
@@ -432,6 +517,7 @@ def run(quick: bool) -> dict:
     results["fills_per_s_median"] = 1e6 / a_med
     results["timing_seconds"] = time.perf_counter() - t_start
     results["loadavg_start"], results["loadavg_end"] = load_start, _loadavg()
+    results["cpu_during_timing"] = cpu_share(cpu_start, _cpu_times())
     results["mc_error"] = mc_error(seeds=10 if quick else 100)
     return results
 
@@ -439,6 +525,7 @@ def run(quick: bool) -> dict:
 LABELS = {
     "a_fill_apply": "(a) per-fill re-margin: engine.apply(fill), 10 positions, records built",
     "a_fill_parse_apply": "(a') parse(fill) + engine.apply(fill)",
+    "a_account_risk": "(a'') engine.account_risk: 10 position IMs + dicts (batch means)",
     "b_position_risk": "(b) model.position_risk (O(1) position IM; batch means)",
     "c_risk_vector_mc": "(c) risk_vector flash, es_method=mc, draws cached",
     "c_risk_vector_analytic": "(c) risk_vector flash, es_method=analytic",
@@ -456,7 +543,10 @@ def report(r: dict) -> None:
     print(f"machine: {m['platform']} | CPU: {m['cpu_model']} x{m['cpu_count']} | "
           f"python {m['python']} | numpy {m['numpy']} | scipy {m['scipy']}")
     print(f"env: OPENBLAS_CORETYPE={m['OPENBLAS_CORETYPE']} OPENBLAS_L2_SIZE={m['OPENBLAS_L2_SIZE']}")
-    print(f"load average at start {r['loadavg_start']}, at end {r['loadavg_end']}; timed part {r['timing_seconds']:.1f} s")
+    c = r["code"]
+    print(f"code: git {c.get('git_head')} + uncommitted {c.get('stream_uncommitted')} | core sha256 {c['core_sha256_12']}")
+    print(f"load average at start {r['loadavg_start']}, at end {r['loadavg_end']}; "
+          f"CPU during timing {r['cpu_during_timing']}; timed part {r['timing_seconds']:.1f} s")
     print()
     print(f"{'operation':<72} {'median µs':>11} {'p99 µs':>11} {'n':>7}")
     print("-" * 104)
@@ -468,6 +558,9 @@ def report(r: dict) -> None:
           f"({r['fills_applied']} fills applied, {r['fill_records_published']} records published)")
     print(f"speed-up naive (d) / per-fill (a): {r['speedup_naive_over_fill_median']:,.0f}x at the median, "
           f"{r['speedup_naive_over_fill_p99']:,.0f}x at p99; vs (d'): {r['speedup_naive_shared_over_fill_median']:,.0f}x")
+    rounds = r["fill_vs_naive_rounds"]
+    print("  per interleaved round (a | d | ratio): " + "; ".join(
+        f"{x['fill_median_us']:.0f} | {x['naive_median_us']:.0f} | {x['ratio']:.0f}x" for x in rounds))
     print(f"naive vs O(1) ES, max relative difference: {r['naive_vs_fast_es_max_rel_diff']:.2e}")
     print(f"fan-out: {r['fan_out_positions_per_s_median']:,.0f} positions/s at the median "
           f"({r['fan_out_ns_per_position_median']:.1f} ns/position), {r['fan_out_positions_per_s_p99']:,.0f} at p99")
@@ -481,7 +574,9 @@ def report(r: dict) -> None:
         lo, sh = row["long"], row["short"]
         print(f"  {row['M']:>8} {lo['es_mc_seed42']:>12.4f} {lo['rel_err_seed42']:>+12.4%} {lo['rms_rel_err']:>10.4%} "
               f"{sh['es_mc_seed42']:>13.4f} {sh['rel_err_seed42']:>+12.4%} {sh['rms_rel_err']:>10.4%}")
-    print(f"  (RMS over seeds 0..{e['rows'][0]['long']['seeds'] - 1})")
+    print(f"  (RMS over seeds 0..{e['rows'][0]['long']['seeds'] - 1}). IM at tau 1: analytic long "
+          f"{e['analytic']['long']['im_tau1']:.2f} / short {e['analytic']['short']['im_tau1']:.2f}; mc seed 42 "
+          + ", ".join(f"M={row['M']}: {row['long']['im_tau1_mc_seed42']:.2f}/{row['short']['im_tau1_mc_seed42']:.2f}" for row in e["rows"]))
     print()
 
 

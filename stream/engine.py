@@ -143,6 +143,10 @@ class EngineState:
     accounts: dict[str, Account] = field(default_factory=dict)
     now_us: int | None = None
     clock_src: dict[str, int] = field(default_factory=dict)
+    # Keys (as in :meth:`rows`) of rows changed since the caller last cleared it: the rows a
+    # persistent shell must write. Rows whose only change is a re-margin that published
+    # nothing are not listed: re-applying that event publishes nothing again.
+    touched: set[str] = field(default_factory=set)
 
     # ---- persistence: rows for a key-value table, and back
     def rows(self) -> Iterable[tuple[str, dict]]:
@@ -151,6 +155,13 @@ class EngineState:
             yield f"contract:{cid}", contract.as_row()
         for aid, account in self.accounts.items():
             yield f"account:{aid}", account.as_row()
+
+    def row(self, key: str) -> dict:
+        """One row by its key ("clock", "contract:<id>", "account:<id>")."""
+        if key == "clock":
+            return {"now_us": self.now_us, "src": dict(self.clock_src)}
+        kind, _, ident = key.partition(":")
+        return (self.contracts if kind == "contract" else self.accounts)[ident].as_row()
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, dict]], config: EngineConfig | None = None) -> "EngineState":
@@ -283,6 +294,7 @@ def _publish(state: EngineState, account: Account, im_total: float, cause: Cause
     ]
     account.published_im_cents = im_cents
     account.published_equity = account.equity
+    state.touched.add(f"account:{account.account_id}")
     account.call, call_record = next_call(
         account.call, account.account_id, im, account.equity, state.config.call_update_threshold, cause, as_of
     )
@@ -323,6 +335,7 @@ def _apply_listing(state: EngineState, ev: Listing, raw: dict, cause: Cause) -> 
     contract = _new_contract(state, ev, raw, seq=len(state.contracts))
     _mark(contract.src, cause)
     state.contracts[ev.contract_id] = contract
+    state.touched.add(f"contract:{ev.contract_id}")
     return []
 
 
@@ -352,6 +365,7 @@ def _apply_flash(state: EngineState, ev: Flash, raw: dict, cause: Cause) -> list
         _set_flash(contract, ev, raw)
         _refresh_book(state, contract)
         _mark(contract.src, cause)
+        state.touched.add(f"contract:{contract.contract_id}")
     return _remargin(state, _holders(state, contract), cause, ev.as_of_us)
 
 
@@ -371,6 +385,7 @@ def _apply_tick(state: EngineState, ev: Tick, cause: Cause) -> list[Output]:
                 _set_time(state, contract)
                 _refresh_book(state, contract)
         _mark(state.clock_src, cause)
+        state.touched.add("clock")
     holders = [acc for acc in state.accounts.values() if acc.positions]
     return _remargin(state, holders, cause, ev.ts_us)
 
@@ -385,6 +400,7 @@ def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Caus
             raise DuplicateConflict("contract already settled at a different value", field="value")
         contract.settlement, contract.settlement_raw = ev, raw
         _mark(contract.src, cause)
+        state.touched.add(f"contract:{contract.contract_id}")
     outputs: list[Output] = []
     for account in holders:
         if _seen(account.src, cause):
@@ -394,6 +410,7 @@ def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Caus
             account.equity += position.settle_pnl(ev.value, contract.lower_dec, contract.upper_dec)
         outputs.extend(_publish(state, account, account_risk(state, account)[0], cause, ev.ts_us))
         _mark(account.src, cause)
+        state.touched.add(f"account:{account.account_id}")
     return outputs
 
 
@@ -436,6 +453,7 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
     book.im[row] = model.position_risk(book.q[row], book.a[row], contract.rv, contract.tau, contract.conv_f).im
     outputs = _publish(state, account, account_risk(state, account)[0], cause, ev.ts_us)
     _mark(account.src, cause)
+    state.touched.add(f"account:{account.account_id}")
     return outputs
 
 
@@ -450,6 +468,7 @@ def _apply_movement(state: EngineState, ev: Movement, cause: Cause) -> list[Outp
     account.equity += ev.amount
     outputs = _publish(state, account, account_risk(state, account)[0], cause, ev.ts_us)
     _mark(account.src, cause)
+    state.touched.add(f"account:{account.account_id}")
     return outputs
 
 

@@ -1,0 +1,159 @@
+"""Plain aiokafka plumbing shared by the commands: client security settings, topic
+creation, publishing files and consuming topics."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import zlib
+from typing import AsyncIterator, Callable, Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from .settings import Settings
+from .topics import ACCOUNT_TOPICS, INPUT_TOPICS, LOG, OUTPUT_TOPICS, TICKS
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if "SSL" not in settings.security_protocol:
+        return None
+    context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.ssl_certfile:
+        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    return context
+
+
+def client_kwargs(settings: Settings) -> dict:
+    """Connection and security options for aiokafka clients (SASL PLAIN/SCRAM, TLS)."""
+    kwargs: dict = {"bootstrap_servers": settings.bootstrap, "security_protocol": settings.security_protocol}
+    if settings.security_protocol.startswith("SASL"):
+        kwargs.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=settings.sasl_password,
+        )
+    context = ssl_context(settings)
+    if context is not None:
+        kwargs["ssl_context"] = context
+    return kwargs
+
+
+def all_topics(settings: Settings) -> list[str]:
+    return [settings.topic(t) for t in (*INPUT_TOPICS, LOG, *OUTPUT_TOPICS)]
+
+
+async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create every topic the processor reads or writes, with ``settings.partitions``
+    partitions; existing topics are left as they are."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            wanted = [
+                NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor)
+                for name in all_topics(settings)
+                if name not in existing
+            ]
+            for topic in wanted:  # one by one: an existing one must not hide the others
+                try:
+                    await admin.create_topics([topic])
+                except TopicAlreadyExistsError:
+                    pass
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+def key_for(topic: str, obj: object) -> bytes | None:
+    """The message key SPEC §4 names for each input topic; ticks all share the key
+    ``clock`` so that they stay in one partition, in order."""
+    if topic == TICKS:
+        return b"clock"
+    if not isinstance(obj, dict):
+        return None
+    name = "account_id" if topic in ACCOUNT_TOPICS else None if topic == TICKS else "contract_id"
+    value = obj.get(name) if name else None
+    return str(value).encode() if value is not None else None
+
+
+def log_partition(account_id: str, partitions: int) -> int:
+    """Stable account -> log partition map (CRC-32, the same in every process)."""
+    return zlib.crc32(account_id.encode()) % partitions
+
+
+async def publish(settings: Settings, topic: str, lines: Iterable[bytes]) -> int:
+    """Publish raw JSON lines to a (logical) topic, keyed as SPEC §4 says; wait for acks."""
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5)
+    await producer.start()
+    count = 0
+    try:
+        futures = []
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                key = key_for(topic, orjson.loads(line))
+            except orjson.JSONDecodeError:
+                key = None  # published as is: the processor dead-letters it
+            futures.append(await producer.send(settings.topic(topic), value=line, key=key))
+            count += 1
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return count
+
+
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    from_beginning: bool = True,
+    idle_timeout_s: float | None = 5.0,
+    stop: Callable[[], bool] | None = None,
+) -> AsyncIterator[tuple[int, int, int, bytes | None, bytes | None]]:
+    """Yield ``(partition, offset, timestamp_ms, key, value)`` from every partition of a
+    (logical) topic without joining a group. Ends after ``idle_timeout_s`` without a
+    message (never, if None) or when ``stop()`` turns true."""
+    name = settings.topic(topic)
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(name)
+        deadline = time.monotonic() + 10
+        while not partitions and time.monotonic() < deadline:
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(name)
+            if not partitions:
+                await asyncio.sleep(0.2)
+        tps = [TopicPartition(name, p) for p in sorted(partitions or ())]
+        if not tps:
+            return
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        last = time.monotonic()
+        while not (stop and stop()):
+            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+            got = False
+            for tp in sorted(batch, key=lambda t: t.partition):
+                for record in batch[tp]:
+                    got = True
+                    yield tp.partition, record.offset, record.timestamp, record.key, record.value
+            if got:
+                last = time.monotonic()
+            elif idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
+                return
+    finally:
+        await consumer.stop()

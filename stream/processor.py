@@ -1,0 +1,298 @@
+"""The streaming shell: faust-streaming agents around the pure engine (SPEC §1, §3, §4).
+
+Two agents:
+
+``route`` reads the six input topics. It rejects what is invalid on its own (undecodable,
+oversized, schema-invalid) to ``margin.deadletter`` and forwards everything else to the
+ordered log ``margin.log``: fills and collateral movements to the partition of their
+account, listings, flashes, settlements and ticks to *every* partition. Each partition of
+the log is therefore one total order of the events that concern its accounts.
+
+``apply_log`` reads ``margin.log`` and, per partition, applies each event with
+:func:`stream.engine.apply` -- the same core the what-if and audit tools call -- and
+publishes the requirement, call and dead-letter records it returns.
+
+Delivery guarantee (at-least-once, idempotent): state rows live in a faust table whose
+changelog is co-partitioned with the log. Events are applied in memory in batches; at the
+end of a batch the worker (1) flushes the producer, so every output of the batch is
+acknowledged by the broker, (2) writes the changed rows to the table, (3) acks the events,
+whose offsets faust commits only after flushing the changelog. A crash at any point leaves
+rows that are at or behind the committed offset's events' effects -- never ahead of their
+outputs -- and each row records the source offsets it has applied, so re-delivered events
+are re-applied only to rows that had not persisted them. Outputs may be published more
+than once, always with the same id and content: consumers deduplicate by ``id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event  # the task-local "current event" tables write under
+
+from .engine import EngineConfig, EngineState, Output, apply
+from .errors import Rejected, SchemaViolation
+from .kafka import log_partition, ssl_context
+from .records import Cause, deadletter_record, decode, parse
+from .settings import Settings
+from .topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS
+
+log = logging.getLogger("kpimargin")
+
+
+@dataclass
+class PartitionWork:
+    """The live engine state of one log partition and its batch in flight."""
+
+    state: EngineState
+    pending: list = field(default_factory=list)  # faust events applied but not yet acked
+
+
+def _credentials(settings: Settings) -> Any:
+    protocol = settings.security_protocol
+    if protocol.startswith("SASL"):
+        mechanism = settings.sasl_mechanism
+        kwargs = dict(username=settings.sasl_username, password=settings.sasl_password)
+        if protocol == "SASL_SSL":
+            kwargs["ssl_context"] = ssl_context(settings)
+        if mechanism == "PLAIN":
+            return faust.SASLCredentials(mechanism="PLAIN", **kwargs)
+        return faust.SASLCredentials(mechanism=mechanism, **kwargs)
+    if protocol == "SSL":
+        return faust.SSLCredentials(ssl_context(settings))
+    return None
+
+
+def faust_config(settings: Settings) -> dict:
+    """The faust App options this processor runs with (secure, at-least-once)."""
+    return dict(
+        broker=[f"kafka://{hp.strip()}" for hp in settings.bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        store=settings.store,
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, min(3.0, settings.session_timeout_s / 4)),
+        broker_rebalance_timeout=max(settings.session_timeout_s, 10.0),
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        key_serializer="raw",
+        value_serializer="raw",
+        table_standby_replicas=0,
+        web_enabled=settings.web_enabled,
+        web_bind=settings.web_bind,
+        web_host=settings.web_bind,
+        web_port=settings.web_port,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_router_enabled=False,
+        web_metrics_enabled=False,
+        stream_wait_empty=False,
+        topic_allow_declare=True,
+    )
+
+
+def _patch_fetch_wait(max_wait_ms: int) -> None:
+    """faust 0.15 passes ``fetch_max_wait_ms=1500`` to aiokafka with no setting to change
+    it; replace the value for the consumers this process creates."""
+    import aiokafka
+    from faust.transport.drivers import aiokafka as driver
+
+    base = aiokafka.AIOKafkaConsumer
+
+    class Consumer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *topics, **kwargs):
+            kwargs["fetch_max_wait_ms"] = max_wait_ms
+            super().__init__(*topics, **kwargs)
+
+    proxy = types.ModuleType("aiokafka")
+    proxy.__dict__.update(aiokafka.__dict__)
+    proxy.AIOKafkaConsumer = Consumer  # type: ignore[attr-defined]
+    driver.aiokafka = proxy
+
+
+def create_app(settings: Settings) -> faust.App:
+    _patch_fetch_wait(settings.fetch_max_wait_ms)
+    app = faust.App(settings.app_id, autodiscover=False, **faust_config(settings))
+    partitions = settings.partitions
+    prefix = settings.topic_prefix
+    config = EngineConfig(call_update_threshold=settings.call_update_threshold)
+
+    def topic(name: str, **kw):
+        return app.topic(settings.topic(name), key_type=bytes, value_type=bytes, partitions=partitions, **kw)
+
+    inputs = app.topic(*[settings.topic(t) for t in INPUT_TOPICS], key_type=bytes, value_type=bytes)
+    log_topic = topic(LOG)
+    out_topics = {name: topic(name) for name in OUTPUT_TOPICS}
+    table = app.Table("state", partitions=partitions, key_type=bytes, value_type=bytes)
+
+    def logical(name: str) -> str:
+        return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+    async def deadletter(source: str, partition: int, offset: int | None, raw: bytes | None, error: Exception) -> None:
+        record = deadletter_record(source, partition, offset, raw or b"", error)
+        await out_topics[DEADLETTER].send(key=record["id"].encode(), value=orjson.dumps(record))
+
+    # ------------------------------------------------------------------ router
+    @app.agent(inputs, name="route")
+    async def route(stream):
+        async for event in stream.events():
+            message = event.message
+            source = logical(message.topic)
+            raw = event.value
+            try:
+                if raw is None:
+                    raise SchemaViolation("empty message (tombstone)", reason="undecodable")
+                if len(raw) > settings.max_message_bytes:
+                    raise SchemaViolation(
+                        f"{len(raw)} bytes exceeds the {settings.max_message_bytes}-byte limit", reason="oversized"
+                    )
+                obj = decode(raw)
+                parsed = parse(source, obj)
+            except Rejected as error:
+                await deadletter(source, message.partition, message.offset, raw, error)
+                continue
+            record = orjson.dumps(
+                {"source": {"topic": source, "partition": message.partition, "offset": message.offset}, "value": obj}
+            )
+            if source in ACCOUNT_TOPICS:
+                account_id = parsed.account_id  # type: ignore[union-attr]
+                await log_topic.send(key=account_id.encode(), value=record, partition=log_partition(account_id, partitions))
+            else:
+                key = (getattr(parsed, "contract_id", None) or "clock").encode()
+                for p in range(partitions):
+                    await log_topic.send(key=key, value=record, partition=p)
+
+    # ------------------------------------------------------------------ engine
+    work: dict[int, PartitionWork] = {}
+    epochs: dict[int, int] = {}
+
+    def row_key(p: int, key: str) -> bytes:
+        return f"{p}|{key}".encode()
+
+    def load(p: int) -> PartitionWork:
+        prefix_b = f"{p}|".encode()
+        rows = [
+            (k[len(prefix_b):].decode(), orjson.loads(v))
+            for k, v in list(table.data.items())
+            if k.startswith(prefix_b) and v is not None
+        ]
+        state = EngineState.from_rows(rows, config)
+        log.info("partition %d: state loaded (%d accounts, %d contracts)", p, len(state.accounts), len(state.contracts))
+        return PartitionWork(state)
+
+    def forget(tps) -> None:
+        for tp in tps:
+            if tp.topic == log_topic.get_topic_name():
+                work.pop(tp.partition, None)
+                epochs[tp.partition] = epochs.get(tp.partition, 0) + 1
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:  # noqa: ARG001
+        forget(revoked)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:  # noqa: ARG001
+        forget(assigned)
+
+    async def publish(outputs: list[Output]) -> None:
+        for out in outputs:
+            await out_topics[out.topic].send(key=out.key.encode(), value=orjson.dumps(out.value))
+
+    async def flush(stream) -> None:
+        """End the batch of every partition: outputs acked, then rows written, then acks."""
+        busy = {p: w for p, w in work.items() if w.pending}
+        if not busy:
+            return
+        started = {p: epochs.get(p, 0) for p in busy}
+        await app.producer.flush()
+        assignment = app.consumer.assignment()
+        for p, w in busy.items():
+            events, w.pending = w.pending, []
+            if epochs.get(p, 0) != started[p] or events[-1].message.tp not in assignment:
+                continue  # revoked meanwhile: the new owner re-applies from the commit point
+            token = _current_event.set(weakref.ref(events[-1]))
+            try:
+                for key in sorted(w.state.touched):
+                    table[row_key(p, key)] = orjson.dumps(w.state.row(key))
+                w.state.touched.clear()
+            finally:
+                _current_event.reset(token)
+            for ev in events:
+                await stream.ack(ev)
+
+    @app.agent(log_topic, name="apply_log")
+    async def apply_log(stream):
+        stream = stream.noack()
+        queue = stream.channel.queue
+        async for event in stream.events():
+            p = event.message.partition
+            w = work.get(p)
+            if w is None:
+                w = work[p] = load(p)
+            w.pending.append(event)
+            await handle(p, w.state, event)
+            if len(w.pending) >= settings.batch_max or queue.empty():
+                await flush(stream)
+
+    async def handle(p: int, state: EngineState, event) -> None:
+        try:
+            entry = orjson.loads(event.value)
+            src = entry["source"]
+            obj = entry["value"]
+        except Exception as exc:  # not written by our router: report, never crash
+            await deadletter(LOG, p, event.message.offset, event.value, SchemaViolation(f"bad log entry: {exc!r}"))
+            return
+        source, src_partition, src_offset = src["topic"], src["partition"], src["offset"]
+        try:
+            ev = parse(source, obj)
+            cause = Cause(source, src_partition, src_offset, ev.event_id)
+            _, outputs = apply(state, ev, cause, obj)
+        except Rejected as error:
+            # A broadcast event is rejected identically in every partition: report it once.
+            if source in ACCOUNT_TOPICS or p == 0:
+                await deadletter(source, src_partition, src_offset, orjson.dumps(obj), error)
+            return
+        await publish(outputs)
+
+    app.kpimargin_settings = settings  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one faust worker in the foreground until SIGINT/SIGTERM."""
+    from faust.worker import Worker
+
+    app = create_app(settings)
+
+    @app.task
+    async def install_task_dump() -> None:
+        """SIGUSR1 prints every asyncio task's stack to stderr (diagnosing a stuck worker)."""
+        import asyncio
+        import signal
+        import sys
+
+        def dump() -> None:
+            for task in asyncio.all_tasks():
+                print(f"--- task {task.get_name()}", file=sys.stderr)
+                coro = task.get_coro()
+                while coro is not None:
+                    frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+                    if frame is not None:
+                        print(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=sys.stderr)
+                    coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+            sys.stderr.flush()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+
+    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,114 @@
+"""One typed settings object, read from environment variables with documented defaults.
+
+Every field names its variable; ``kpimargin --help`` shows them as ``[env: VAR]`` and the
+README has the same table (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+from typing import Any, Mapping
+
+
+def setting(env: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = setting(
+        "KAFKA_BOOTSTRAP_SERVERS", "", "Kafka bootstrap servers (host:port,...). Empty: the demo starts the embedded broker; the worker uses 127.0.0.1:9092."
+    )
+    app_id: str = setting("KPIMARGIN_APP_ID", "kpimargin", "Consumer group id and prefix of the table changelog topics.")
+    topic_prefix: str = setting("KPIMARGIN_TOPIC_PREFIX", "", "Prefix added to every topic name (namespacing on a shared cluster).")
+    partitions: int = setting("KPIMARGIN_PARTITIONS", 4, "Partitions of the ordered log, its changelog and the topics the processor creates.")
+    replication_factor: int = setting("KPIMARGIN_REPLICATION_FACTOR", 1, "Replication factor of the topics the processor creates (3 on a production cluster).")
+    store: str = setting("KPIMARGIN_STORE", "memory://", "Table store: memory:// or rocksdb:// (needs the rocksdb extra).")
+    data_dir: str = setting("KPIMARGIN_DATA_DIR", "./data", "Directory for the worker's local state (rocksdb).")
+    session_timeout_s: float = setting("KPIMARGIN_SESSION_TIMEOUT_S", 10.0, "Consumer-group session timeout; a group join takes about half of it.")
+    commit_interval_s: float = setting("KPIMARGIN_COMMIT_INTERVAL_S", 1.0, "How often consumed offsets are committed.")
+    fetch_max_wait_ms: int = setting(
+        "KPIMARGIN_FETCH_MAX_WAIT_MS", 100, "Longest a consumer fetch waits for data (faust hard-codes 1500 ms; brokers that do not wake fetches on produce add it to latency)."
+    )
+    batch_max: int = setting("KPIMARGIN_BATCH_MAX", 500, "Most log events applied before outputs are flushed and state is persisted.")
+    call_update_threshold: Decimal = setting(
+        "KPIMARGIN_CALL_UPDATE_THRESHOLD", Decimal("0.01"), "Shortfall change (dollars) that publishes an UPDATED call."
+    )
+    max_message_bytes: int = setting("KPIMARGIN_MAX_MESSAGE_BYTES", 1_048_576, "Input messages larger than this go to the dead-letter topic.")
+    web_enabled: bool = setting("KPIMARGIN_WEB_ENABLED", False, "Run faust's web server (table browsing stays disabled).")
+    web_bind: str = setting("KPIMARGIN_WEB_BIND", "127.0.0.1", "Address faust's web server binds to when enabled.")
+    web_port: int = setting("KPIMARGIN_WEB_PORT", 6066, "Port of faust's web server when enabled.")
+    security_protocol: str = setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: str = setting("KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL protocol).")
+    sasl_username: str = setting("KAFKA_SASL_USERNAME", "", "SASL user name.")
+    sasl_password: str = setting("KAFKA_SASL_PASSWORD", "", "SASL password.")
+    ssl_cafile: str = setting("KAFKA_SSL_CAFILE", "", "CA bundle that signs the brokers' certificates (SSL protocols).")
+    ssl_certfile: str = setting("KAFKA_SSL_CERTFILE", "", "Client certificate for mutual TLS.")
+    ssl_keyfile: str = setting("KAFKA_SSL_KEYFILE", "", "Client key for mutual TLS.")
+    log_level: str = setting("KPIMARGIN_LOG_LEVEL", "warning", "Worker log level.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, f.type, raw, f.metadata["env"])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.partitions < 1:
+            raise ValueError("KPIMARGIN_PARTITIONS must be at least 1")
+        if not self.store.startswith(("memory://", "rocksdb://")):
+            raise ValueError(f"KPIMARGIN_STORE must be memory:// or rocksdb://, got {self.store!r}")
+        if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL not supported: {self.security_protocol!r}")
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise ValueError(f"KAFKA_SASL_MECHANISM must be PLAIN or SCRAM-SHA-256/512, got {self.sasl_mechanism!r}")
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or "127.0.0.1:9092"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def env(self) -> dict[str, str]:
+        """This settings object as environment variables (to start a worker subprocess)."""
+        return {f.metadata["env"]: _render(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) rows, for the CLI help and the README."""
+        return [(f.metadata["env"], _render(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+def _convert(name: str, type_: Any, raw: str, env: str) -> Any:
+    kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        if kind == "Decimal":
+            return Decimal(raw)
+    except Exception:
+        raise ValueError(f"{env}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
