@@ -69,7 +69,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"kpimargin publish: {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    count = asyncio.run(publish(settings, args.topic, lines))
+    count = len(asyncio.run(publish(settings, args.topic, lines)))
     print(f"published {count} messages to {settings.topic(args.topic)}", file=sys.stderr)
     return 0
 

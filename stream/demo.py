@@ -30,27 +30,27 @@ def load_scenario(path: Path = SCENARIO) -> list[dict]:
     return orjson.loads(path.read_bytes())["phases"]
 
 
-def log_entries(phase: dict, partitions: int) -> int:
-    """How many log records a phase adds (account events once, broadcasts per partition)."""
-    per = 1 if phase["topic"] in ACCOUNT_TOPICS else partitions
-    return per * len(phase["messages"])
-
-
-class LogSize:
-    """Counts the records in the ordered log by reading it (a background task with its own
-    client). Reading, not ListOffsets: the embedded broker's end offsets can lag."""
+class LogIndex:
+    """Which input events the ordered log holds, per log partition, by reading it in the
+    background (reading, not ListOffsets: the embedded broker's end offsets can lag)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.count = 0
+        self.seen: set[tuple[int, str, int, int]] = set()  # (log partition, topic, partition, offset)
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
-        async for _ in read_topic(self.settings, LOG, idle_timeout_s=None, stop=self._stop.is_set):
-            self.count += 1
+        async for partition, _offset, _ts, _key, value in read_topic(
+            self.settings, LOG, idle_timeout_s=None, stop=self._stop.is_set
+        ):
+            try:
+                src = orjson.loads(value)["source"]
+                self.seen.add((partition, src["topic"], src["partition"], src["offset"]))
+            except Exception:
+                continue
 
-    async def __aenter__(self) -> "LogSize":
+    async def __aenter__(self) -> "LogIndex":
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -59,10 +59,18 @@ class LogSize:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def size(self) -> int:
+    def holds(self, topic: str, positions: list[tuple[int, int]], partitions: int) -> bool:
+        """True when every published message is in the log: account events once, broadcast
+        events in every partition. Messages the router rejects never arrive: pass only
+        valid ones."""
         if self._task is not None and self._task.done():
             self._task.result()  # surface a crashed reader
-        return self.count
+        found = {(src_p, src_o): set() for src_p, src_o in positions}
+        for log_p, t, src_p, src_o in self.seen:
+            if t == topic and (src_p, src_o) in found:
+                found[(src_p, src_o)].add(log_p)
+        need = 1 if topic in ACCOUNT_TOPICS else partitions
+        return all(len(parts) >= need for parts in found.values())
 
 
 async def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2) -> None:
@@ -78,21 +86,19 @@ async def wait_until(predicate, timeout_s: float, what: str, interval_s: float =
         await asyncio.sleep(interval_s)
 
 
-async def publish_phases(settings: Settings, phases: list[dict], on_phase=None, timeout_s: float = 60.0) -> None:
-    """Publish phase by phase; before the next one, wait until the log holds this one."""
-    async with LogSize(settings) as log:
-        await asyncio.sleep(1.0)  # let the reader catch up with what the log already holds
-        expected = await log.size()
+async def publish_phases(settings: Settings, phases: list[dict], on_phase=None, timeout_s: float = 60.0,
+                         after_publish=None) -> None:
+    """Publish phase by phase; before the next one, wait until the log holds this one, so
+    the order of the log -- and so every output -- is the same on every run."""
+    async with LogIndex(settings) as log:
         for phase in phases:
             if on_phase:
                 on_phase(phase)
-            await publish(settings, phase["topic"], [orjson.dumps(m) for m in phase["messages"]])
-            expected += log_entries(phase, settings.partitions)
-
-            async def taken_in(target: int = expected) -> bool:
-                return await log.size() >= target
-
-            await wait_until(taken_in, timeout_s, f"the log to take in {phase['title']!r}")
+            positions = await publish(settings, phase["topic"], [orjson.dumps(m) for m in phase["messages"]])
+            if after_publish:
+                await after_publish(phase)
+            await wait_until(lambda: log.holds(phase["topic"], positions, settings.partitions), timeout_s,
+                             f"the log to take in {phase['title']!r}")
 
 
 def scenario_accounts(phases: list[dict]) -> set[str]:

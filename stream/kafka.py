@@ -91,11 +91,11 @@ def log_partition(account_id: str, partitions: int) -> int:
     return zlib.crc32(account_id.encode()) % partitions
 
 
-async def publish(settings: Settings, topic: str, lines: Iterable[bytes]) -> int:
-    """Publish raw JSON lines to a (logical) topic, keyed as SPEC §4 says; wait for acks."""
+async def publish(settings: Settings, topic: str, lines: Iterable[bytes]) -> list[tuple[int, int]]:
+    """Publish raw JSON lines to a (logical) topic, keyed as SPEC §4 says; wait for acks.
+    Returns the (partition, offset) of every message, in order."""
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5)
     await producer.start()
-    count = 0
     try:
         futures = []
         for line in lines:
@@ -107,11 +107,10 @@ async def publish(settings: Settings, topic: str, lines: Iterable[bytes]) -> int
             except orjson.JSONDecodeError:
                 key = None  # published as is: the processor dead-letters it
             futures.append(await producer.send(settings.topic(topic), value=line, key=key))
-            count += 1
-        await asyncio.gather(*futures)
+        metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return count
+    return [(m.partition, m.offset) for m in metadata]
 
 
 async def read_topic(

@@ -35,12 +35,13 @@ import faust
 import orjson
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
-from .engine import EngineConfig, EngineState, Output, apply
+from .engine import EngineConfig, EngineState, Output
 from .errors import Rejected, SchemaViolation
 from .kafka import log_partition, ssl_context
-from .records import Cause, deadletter_record, decode, parse
+from .ordered_log import apply_entry, deadletter_output, encode_entry
+from .records import decode, parse
 from .settings import Settings
-from .topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS
+from .topics import ACCOUNT_TOPICS, INPUT_TOPICS, LOG, OUTPUT_TOPICS
 
 log = logging.getLogger("kpimargin")
 
@@ -139,8 +140,7 @@ def create_app(settings: Settings) -> faust.App:
         return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
     async def deadletter(source: str, partition: int, offset: int | None, raw: bytes | None, error: Exception) -> None:
-        record = deadletter_record(source, partition, offset, raw or b"", error)
-        await out_topics[DEADLETTER].send(key=record["id"].encode(), value=orjson.dumps(record))
+        await publish([deadletter_output(source, partition, offset, raw or b"", error)])
 
     # ------------------------------------------------------------------ router
     @app.agent(inputs, name="route")
@@ -161,9 +161,7 @@ def create_app(settings: Settings) -> faust.App:
             except Rejected as error:
                 await deadletter(source, message.partition, message.offset, raw, error)
                 continue
-            record = orjson.dumps(
-                {"source": {"topic": source, "partition": message.partition, "offset": message.offset}, "value": obj}
-            )
+            record = encode_entry(source, message.partition, message.offset, obj)
             if source in ACCOUNT_TOPICS:
                 account_id = parsed.account_id  # type: ignore[union-attr]
                 await log_topic.send(key=account_id.encode(), value=record, partition=log_partition(account_id, partitions))
@@ -245,24 +243,7 @@ def create_app(settings: Settings) -> faust.App:
                 await flush(stream)
 
     async def handle(p: int, state: EngineState, event) -> None:
-        try:
-            entry = orjson.loads(event.value)
-            src = entry["source"]
-            obj = entry["value"]
-        except Exception as exc:  # not written by our router: report, never crash
-            await deadletter(LOG, p, event.message.offset, event.value, SchemaViolation(f"bad log entry: {exc!r}"))
-            return
-        source, src_partition, src_offset = src["topic"], src["partition"], src["offset"]
-        try:
-            ev = parse(source, obj)
-            cause = Cause(source, src_partition, src_offset, ev.event_id)
-            _, outputs = apply(state, ev, cause, obj)
-        except Rejected as error:
-            # A broadcast event is rejected identically in every partition: report it once.
-            if source in ACCOUNT_TOPICS or p == 0:
-                await deadletter(source, src_partition, src_offset, orjson.dumps(obj), error)
-            return
-        await publish(outputs)
+        await publish(apply_entry(state, p, event.message.offset, event.value))
 
     app.kpimargin_settings = settings  # type: ignore[attr-defined]
     return app

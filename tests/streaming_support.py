@@ -1,0 +1,191 @@
+"""Helpers for the integration tests: a real broker, real worker processes, real topics.
+
+The broker is, in order of preference: ``KAFKA_BOOTSTRAP_SERVERS`` when set, a
+testcontainers Kafka when a Docker daemon answers, else the embedded Tansu broker.
+Every test gets its own topic prefix and consumer group, so tests never see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from stream.cli_stream import start_worker_process, stop_process
+from stream.demo import publish_phases, wait_until
+from stream.engine import EngineState
+from stream.kafka import ensure_topics, read_topic
+from stream.ordered_log import replay
+from stream.settings import Settings
+from stream.topics import CALLS, DEADLETTER, LOG, REQUIREMENTS
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def kafka_bootstrap() -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    elif docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+    else:
+        from stream.broker import EmbeddedBroker
+
+        with EmbeddedBroker() as broker:
+            yield broker.bootstrap
+
+
+def fresh_settings(bootstrap: str, tmp: Path, **overrides) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    base = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+    return replace(
+        base,
+        app_id=f"kpimargin-test-{tag}",
+        topic_prefix=f"t{tag}.",
+        partitions=4,
+        session_timeout_s=6.0,
+        commit_interval_s=0.5,
+        data_dir=str(tmp / "data"),
+        log_level="info",
+        **overrides,
+    )
+
+
+class Cluster:
+    """Worker processes of one processor (one consumer group) and its topics."""
+
+    def __init__(self, settings: Settings, tmp: Path):
+        self.settings = settings
+        self.tmp = tmp
+        self.workers: list = []
+        self.started = 0
+        asyncio.run(ensure_topics(settings))
+
+    def start_worker(self):
+        self.started += 1
+        settings = replace(self.settings, data_dir=str(self.tmp / f"data-{self.started}"))
+        proc = start_worker_process(settings, self.tmp / f"worker-{self.started}.log")
+        self.workers.append(proc)
+        return proc
+
+    def kill(self, proc) -> None:
+        """SIGKILL: no shutdown code runs, in-flight sends and uncommitted offsets are lost."""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.workers.remove(proc)
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            stop_process(proc)
+        self.workers = []
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp.glob("worker-*.log")))
+
+    def assert_alive(self) -> None:
+        dead = [p.returncode for p in self.workers if p.poll() is not None]
+        assert not dead, f"worker exited with {dead}\n{self.logs()}"
+
+    # -- topics
+    def publish(self, phases: list[dict], after_publish=None, timeout_s: float = 90.0) -> None:
+        asyncio.run(publish_phases(self.settings, phases, after_publish=after_publish, timeout_s=timeout_s))
+
+    def read(self, topic: str, idle_s: float = 2.0) -> list[tuple[int, int, bytes]]:
+        async def run():
+            return [(p, o, v) async for p, o, _t, _k, v in read_topic(self.settings, topic, idle_timeout_s=idle_s)]
+
+        return asyncio.run(run())
+
+    def outputs(self) -> dict[str, dict]:
+        """Every published record by id; a repeated id must repeat the same content."""
+        by_id: dict[str, dict] = {}
+        for topic in (REQUIREMENTS, CALLS, DEADLETTER):
+            for _p, _o, value in self.read(topic, idle_s=1.0):
+                record = orjson.loads(value)
+                record["_topic"] = topic
+                previous = by_id.setdefault(record["id"], record)
+                assert previous == record, f"id {record['id']} published with different content"
+        return by_id
+
+    def replayed(self) -> tuple[dict[str, dict], dict[int, EngineState]]:
+        """What the pure core publishes when it replays margin.log: outputs by id, states."""
+        entries = sorted(self.read(LOG, idle_s=1.0), key=lambda e: (e[0], e[1]))
+        states: dict[int, EngineState] = {}
+        by_id = {}
+        for _p, _o, out in replay(entries, states):
+            by_id[out.value["id"]] = {**out.value, "_topic": out.topic}
+        return by_id, states
+
+    def wait_for_outputs(self, predicate, timeout_s: float = 90.0, what: str = "outputs") -> dict[str, dict]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.assert_alive()
+            outputs = self.outputs()
+            if predicate(outputs):
+                return outputs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+
+    def settle(self, timeout_s: float = 90.0) -> dict[str, dict]:
+        """Wait until what the workers published equals a replay of the log."""
+        last: dict = {}
+
+        def caught_up(outputs):
+            nonlocal last
+            expected, _ = self.replayed()
+            last = expected
+            return set(outputs) >= set(expected)
+
+        outputs = self.wait_for_outputs(caught_up, timeout_s, "the published records to match a replay of the log")
+        return outputs
+
+    def table_rows(self) -> dict[int, dict[str, dict]]:
+        """The workers' persisted state: the latest value of every changelog key."""
+        name = f"{self.settings.app_id}-state-changelog"
+        rows: dict[int, dict[str, dict]] = defaultdict(dict)
+
+        async def run():
+            settings = replace(self.settings, topic_prefix="")
+            async for _p, _o, _t, key, value in read_topic(settings, name, idle_timeout_s=1.0):
+                partition, _, row_key = key.decode().partition("|")
+                if value is not None:
+                    rows[int(partition)][row_key] = orjson.loads(value)
+
+        asyncio.run(run())
+        return rows
+
+
+def by_account(outputs: dict[str, dict], topic: str) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for record in outputs.values():
+        if record["_topic"] == topic:
+            grouped[record["account_id"]].append(record)
+    return grouped
+
+
+def run_phases_and_settle(cluster: Cluster, phases: list[dict]) -> dict[str, dict]:
+    cluster.publish(phases)
+    return cluster.settle()
+
+
+__all__ = ["Cluster", "by_account", "fresh_settings", "kafka_bootstrap", "run_phases_and_settle", "wait_until"]

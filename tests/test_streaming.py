@@ -1,0 +1,249 @@
+"""Integration tests: a real Kafka-protocol broker over TCP, real faust workers as
+subprocesses, and what they publish, read back from the topics."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+
+from stream.demo import is_final, load_scenario, scenario_accounts
+from stream.kafka import log_partition
+from stream.topics import CALLS, DEADLETTER, FLASH, REQUIREMENTS, SETTLEMENTS, TICKS
+
+from .streaming_support import Cluster, by_account, fresh_settings, kafka_bootstrap
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+PHASES = load_scenario()
+ACCOUNTS = scenario_accounts(PHASES)
+
+
+@pytest.fixture(scope="module")
+def bootstrap():
+    with kafka_bootstrap() as servers:
+        yield servers
+
+
+def all_final(outputs: dict[str, dict]) -> bool:
+    finals = {r["account_id"] for r in outputs.values() if r["_topic"] == REQUIREMENTS and is_final(r)}
+    return finals >= ACCOUNTS
+
+
+@pytest.fixture(scope="module")
+def clean_run(bootstrap, tmp_path_factory):
+    """The demo scenario through one worker, start to finish, with nothing going wrong."""
+    tmp = tmp_path_factory.mktemp("clean")
+    cluster = Cluster(fresh_settings(bootstrap, tmp), tmp)
+    cluster.start_worker()
+    try:
+        cluster.publish(PHASES)
+        outputs = cluster.wait_for_outputs(all_final, what="every account's final requirement")
+        outputs = cluster.settle()
+        replayed, states = cluster.replayed()
+        rows = cluster.table_rows()
+    finally:
+        cluster.stop()
+    return {"outputs": outputs, "replayed": replayed, "states": states, "rows": rows, "settings": cluster.settings}
+
+
+def _validator(name: str) -> Draft202012Validator:
+    schema = json.loads((SCHEMAS / f"{name}.json").read_text())
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def _comparable_rows(rows: dict[str, dict]) -> dict[str, dict]:
+    """State rows without their per-source offset marks (bookkeeping for re-deliveries)."""
+    return {k: {f: v for f, v in row.items() if f != "src"} for k, row in rows.items()}
+
+
+# --------------------------------------------------------------------------- scenario
+def test_published_records_equal_a_replay_of_the_log(clean_run):
+    outputs, replayed = clean_run["outputs"], clean_run["replayed"]
+    assert replayed and set(outputs) == set(replayed)
+    for rid, record in replayed.items():
+        assert outputs[rid] == record
+
+
+def test_every_published_record_matches_its_schema(clean_run):
+    validators = {REQUIREMENTS: _validator("requirement"), CALLS: _validator("call"), DEADLETTER: _validator("deadletter")}
+    for record in clean_run["outputs"].values():
+        body = {k: v for k, v in record.items() if k != "_topic"}
+        validators[record["_topic"]].validate(body)
+
+
+def test_fills_issue_and_deposit_satisfies(clean_run):
+    calls = by_account(clean_run["outputs"], CALLS)
+    beta = sorted(calls["BETA"], key=lambda c: c["cause"]["offset"] if c["cause"]["topic"] != "trades.fills" else -1)
+    statuses = [(c["status"], c["cause"]["topic"], c["cause"]["id"]) for c in calls["BETA"]]
+    assert ("ISSUED", "trades.fills", "T-2") in statuses
+    assert ("SATISFIED", "collateral.movements", "M-5") in statuses
+    issued = next(c for c in beta if c["status"] == "ISSUED")
+    assert issued["shortfall"] == "1666.67" and issued["im"] == "4666.67" and issued["equity"] == "3000.00"
+
+
+FLASH_CONTRACT = {
+    "contract_id": "NFLX-SUBS-2026-06", "kpi": "Monthly paid subscribers (millions)", "lower": 250, "upper": 350,
+    "listing_time": "2026-05-01T00:00:00Z", "settlement_time": "2026-07-01T00:00:00Z",
+    "history": [281.2, 283.0, 287.9, 290.1, 294.4, 296.0, 301.6],
+    "params": {"beta": 0.05, "k": 0.2},  # small floor and convergence: ES and stress bind
+}
+
+
+def test_flash_remargins_every_holder_in_every_partition(bootstrap, tmp_path):
+    cluster = Cluster(fresh_settings(bootstrap, tmp_path), tmp_path)
+    cluster.start_worker()
+    holders = [f"H{i}" for i in range(12)]
+    fills = [{"trade_id": f"F{i}", "account_id": a, "contract_id": FLASH_CONTRACT["contract_id"],
+              "side": "BUY" if i % 2 else "SELL", "price": 302, "notional": 10000 + 1000 * i, "ts": "2026-05-02T00:00:00Z"}
+             for i, a in enumerate(holders)]
+    flash = {"contract_id": FLASH_CONTRACT["contract_id"], "as_of": "2026-05-10T00:00:00Z", "value": 301, "coverage": 0.5}
+    try:
+        cluster.publish([
+            {"title": "listing", "topic": "kpi.contracts", "messages": [FLASH_CONTRACT]},
+            {"title": "tick", "topic": TICKS, "messages": [{"ts": "2026-05-02T00:00:00Z"}]},
+            {"title": "fills", "topic": "trades.fills", "messages": fills},
+            {"title": "flash", "topic": FLASH, "messages": [flash]},
+        ])
+        outputs = cluster.settle()
+    finally:
+        cluster.stop()
+    flash_reqs = [r for r in outputs.values() if r["_topic"] == REQUIREMENTS and r["cause"]["topic"] == FLASH]
+    assert sorted(r["account_id"] for r in flash_reqs) == sorted(holders)
+    partitions = {log_partition(a, cluster.settings.partitions) for a in holders}
+    assert partitions == set(range(cluster.settings.partitions))
+    before = {r["account_id"]: Decimal(r["im"]) for r in outputs.values() if r["_topic"] == REQUIREMENTS and r["cause"]["id"].startswith("F")}
+    assert all(Decimal(r["im"]) < before[r["account_id"]] for r in flash_reqs)  # half the period seen: less risk
+
+
+def test_ticks_grow_convergence_until_a_call(clean_run):
+    gamma = by_account(clean_run["outputs"], CALLS)["GAMMA"]
+    issued = [c for c in gamma if c["status"] == "ISSUED"]
+    assert len(issued) == 1 and issued[0]["cause"]["topic"] == TICKS
+    ims = [Decimal(r["im"]) for r in sorted(by_account(clean_run["outputs"], REQUIREMENTS)["GAMMA"], key=lambda r: r["as_of"])
+           if r["cause"]["topic"] == TICKS]
+    assert ims == sorted(ims) and ims[-1] > ims[0]
+
+
+def test_settlement_moves_pnl_into_equity(clean_run):
+    finals = {r["account_id"]: r for r in clean_run["outputs"].values() if r["_topic"] == REQUIREMENTS and is_final(r)}
+    assert set(finals) == ACCOUNTS
+    assert all(r["im"] == "0.00" and r["positions"] == [] for r in finals.values())
+    # ACME: 6000 deposited, BUY 10000 TSLA at 460000 settles at 401234: 10000*(401234-460000)/300000
+    assert finals["ACME"]["equity"] == "4041.13"
+    assert finals["BETA"]["equity"] == "6958.87"
+
+
+def test_persisted_state_equals_the_replayed_state(clean_run):
+    for partition, state in clean_run["states"].items():
+        expected = _comparable_rows(dict(state.rows()))
+        got = _comparable_rows(clean_run["rows"].get(partition, {}))
+        assert got == expected, f"partition {partition}"
+
+
+# --------------------------------------------------------------------------- bad input
+BAD_FILLS = [
+    (b"{not json", "undecodable"),
+    (b"\xff\xfe\x00", "undecodable"),
+    (b"[1, 2]", "undecodable"),
+    (orjson.dumps({"trade_id": "B1", "account_id": "ACME"}), "schema_violation"),
+    (orjson.dumps({"trade_id": "B2", "account_id": "ACME", "contract_id": "TSLA-Q2-2026-DELIVERIES", "side": "BUY",
+                   "price": 460000, "notional": 0, "ts": "2026-04-02T00:00:00Z"}), "non_positive_notional"),
+    (orjson.dumps({"trade_id": "B3", "account_id": "ACME", "contract_id": "TSLA-Q2-2026-DELIVERIES", "side": "BUY",
+                   "price": 999999, "notional": 10, "ts": "2026-04-02T00:00:00Z"}), "price_out_of_range"),
+    (orjson.dumps({"trade_id": "B4", "account_id": "ACME", "contract_id": "NOPE", "side": "BUY",
+                   "price": 1, "notional": 10, "ts": "2026-04-02T00:00:00Z"}), "unknown_contract"),
+    (orjson.dumps({"trade_id": "T-1", "account_id": "ACME", "contract_id": "TSLA-Q2-2026-DELIVERIES", "side": "SELL",
+                   "price": 460000, "notional": 10000, "ts": "2026-04-02T14:00:00Z"}), "duplicate_conflict"),
+    (b'{"trade_id": "B5", "account_id": "ACME", "price": NaN}', "undecodable"),
+    (b"x" * 100_000, "oversized"),  # above the 64 KiB limit this test sets
+]
+
+
+def test_bad_input_goes_to_the_deadletter_and_the_partition_keeps_flowing(bootstrap, tmp_path):
+    cluster = Cluster(fresh_settings(bootstrap, tmp_path, max_message_bytes=65_536), tmp_path)
+    cluster.start_worker()
+    try:
+        cluster.publish(PHASES[:4])  # listings, a tick, deposits, the trading phase
+        from stream.kafka import publish
+        import asyncio
+
+        asyncio.run(publish(cluster.settings, "trades.fills", [raw for raw, _ in BAD_FILLS]))
+        good = [{"trade_id": "G1", "account_id": "ACME", "contract_id": "TSLA-Q2-2026-DELIVERIES", "side": "BUY",
+                 "price": 450000, "notional": 1000, "ts": "2026-04-03T00:00:00Z"}]
+        cluster.publish([{"title": "a good fill after the bad ones", "topic": "trades.fills", "messages": good}])
+        expected = sorted(reason for _, reason in BAD_FILLS)
+
+        def all_dead(outputs):
+            dead = [r for r in outputs.values() if r["_topic"] == DEADLETTER]
+            done = any(r["_topic"] == REQUIREMENTS and r["cause"]["id"] == "G1" for r in outputs.values())
+            return len(dead) >= len(BAD_FILLS) and done
+
+        outputs = cluster.wait_for_outputs(all_dead, what="dead letters and the good fill's requirement")
+        dead = [r for r in outputs.values() if r["_topic"] == DEADLETTER]
+        assert sorted(r["reason"] for r in dead) == expected
+        assert all(r["source"]["topic"] == "trades.fills" and r["source"]["offset"] is not None for r in dead)
+        schema = _validator("deadletter")
+        for record in dead:
+            schema.validate({k: v for k, v in record.items() if k != "_topic"})
+        # none of them changed ACME: its only requirements come from valid events
+        acme = by_account(outputs, REQUIREMENTS)["ACME"]
+        assert {r["cause"]["id"] for r in acme} <= {"M-1", "T-1", "G1"}
+        cluster.assert_alive()
+    finally:
+        cluster.stop()
+
+
+# --------------------------------------------------------------------------- scale-out
+def test_two_workers_publish_what_one_does(bootstrap, tmp_path, clean_run):
+    cluster = Cluster(fresh_settings(bootstrap, tmp_path), tmp_path)
+    cluster.start_worker()
+    cluster.start_worker()
+    try:
+        cluster.publish(PHASES)
+        cluster.wait_for_outputs(all_final, what="every account's final requirement")
+        outputs = cluster.settle()
+        assignments = [p.read_text(errors="replace").count("state loaded") for p in tmp_path.glob("worker-*.log")]
+    finally:
+        cluster.stop()
+    assert outputs == clean_run["outputs"]
+    assert sum(1 for n in assignments if n) == 2, f"both workers must own partitions: {assignments}"
+
+
+# --------------------------------------------------------------------------- crashes
+def test_sigkill_mid_stream_then_restart_equals_a_clean_run(bootstrap, tmp_path, clean_run):
+    cluster = Cluster(fresh_settings(bootstrap, tmp_path), tmp_path)
+    worker = cluster.start_worker()
+    rnd = random.Random(20261122)
+    kills = {2, 3, 6, 7, 9}
+    state = {"worker": worker, "killed": 0}
+
+    async def maybe_kill(phase):
+        index = PHASES.index(phase)
+        if index in kills:
+            import asyncio
+
+            await asyncio.sleep(rnd.uniform(0.0, 0.4))  # fault injection at a random moment, not synchronisation
+            cluster.kill(state["worker"])
+            state["killed"] += 1
+            state["worker"] = cluster.start_worker()
+
+    try:
+        cluster.publish(copy.deepcopy(PHASES), after_publish=maybe_kill, timeout_s=120)
+        cluster.wait_for_outputs(all_final, timeout_s=120, what="every account's final requirement")
+        outputs = cluster.settle(timeout_s=120)
+        replayed, states = cluster.replayed()
+        rows = cluster.table_rows()
+    finally:
+        cluster.stop()
+    assert state["killed"] == len(kills)
+    assert outputs == clean_run["outputs"]
+    for partition, st in states.items():
+        assert _comparable_rows(rows.get(partition, {})) == _comparable_rows(dict(st.rows()))
