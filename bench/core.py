@@ -5,7 +5,8 @@ Measures, in one run, with ``time.perf_counter`` (figures in microseconds, media
 a. per-fill re-margin: ``engine.apply(state, fill, cause)`` on an EngineState with 10 listed
    contracts and one account holding one position in each; every fill is new (distinct
    trade_id, increasing cause offset), so each one re-margins the account and builds its
-   requirement (and call) records. Also shown: parse + apply, and a flash through apply.
+   requirement (and call) records. Also shown: parse + apply, a flash through apply, and
+   ``engine.account_risk`` with the per-position risk caches warm and dropped.
 b. the bare O(1) position IM ``model.position_risk(q, a, rv, tau, conv_f)``.
 c. contract re-estimation ``model.risk_vector(...)`` for a flash (new anchor), es_method
    "mc" (steady state: sorted draws cached) and "analytic", and "mc" cold (after
@@ -305,12 +306,32 @@ def bench_flash_apply(fx: Fixture, n: int, warmup: int) -> list[float]:
 
 
 def bench_account_risk(fx: Fixture, batches: int, per_batch: int) -> list[float]:
-    """``engine.account_risk``: the 10 position IMs and their dicts for the requirement
-    record -- the part of (a) that grows with the account's number of positions."""
+    """``engine.account_risk`` with every position's cached components valid (as for the
+    9 positions a fill does not touch): sum 10 IMs, copy 10 dicts for the record."""
     state, account = fx.state, fx.account
     fn = engine.account_risk
     gc.collect()
     return time_batches(lambda: fn(state, account), batches, per_batch)
+
+
+def bench_account_risk_cold(fx: Fixture, n: int, warmup: int) -> list[float]:
+    """``engine.account_risk`` with all 10 cached components dropped first (untimed): 10
+    O(1) position IMs and dicts -- what every fill cost before the per-position cache."""
+    state, account = fx.state, fx.account
+    positions = list(account.positions.values())
+    fn = engine.account_risk
+    clock = time.perf_counter
+    out = []
+    gc.collect()
+    for i in range(warmup + n):
+        for position in positions:
+            position.risk = None
+        t0 = clock()
+        fn(state, account)
+        dt = clock() - t0
+        if i >= warmup:
+            out.append(dt)
+    return out
 
 
 def bench_position_risk(fx: Fixture, batches: int, per_batch: int) -> list[float]:
@@ -493,6 +514,7 @@ def run(quick: bool) -> dict:
     ops["a_fill_apply"] = summarize(fill["fill"])
     ops["a_fill_parse_apply"] = summarize(bench_parse_fill(fx, n(10_000), warmup=n(500)))
     ops["a_account_risk"] = summarize(bench_account_risk(fx, n(2_000), per_batch=10))
+    ops["a_account_risk_cold"] = summarize(bench_account_risk_cold(fx, n(5_000), warmup=n(200)))
     ops["b_position_risk"] = summarize(bench_position_risk(fx, n(5_000), per_batch=200))
     ops["c_risk_vector_mc"] = summarize(bench_risk_vector(fx, "mc", n(5_000), warmup=n(200)))
     ops["c_risk_vector_analytic"] = summarize(bench_risk_vector(fx, "analytic", n(2_000), warmup=n(100)))
@@ -525,7 +547,8 @@ def run(quick: bool) -> dict:
 LABELS = {
     "a_fill_apply": "(a) per-fill re-margin: engine.apply(fill), 10 positions, records built",
     "a_fill_parse_apply": "(a') parse(fill) + engine.apply(fill)",
-    "a_account_risk": "(a'') engine.account_risk: 10 position IMs + dicts (batch means)",
+    "a_account_risk": "(a'') engine.account_risk, 10 cached positions (batch means)",
+    "a_account_risk_cold": "(a''') engine.account_risk, caches dropped: 10 position IMs + dicts",
     "b_position_risk": "(b) model.position_risk (O(1) position IM; batch means)",
     "c_risk_vector_mc": "(c) risk_vector flash, es_method=mc, draws cached",
     "c_risk_vector_analytic": "(c) risk_vector flash, es_method=analytic",

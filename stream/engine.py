@@ -20,8 +20,10 @@ the ``cause`` that produced it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
@@ -83,7 +85,7 @@ def _mark(src: dict[str, int], cause: Cause) -> None:
 class ContractState:
     listing: Listing
     listing_raw: dict
-    seq: int  # listing order: the order positions are summed in, in every partition
+    seq: int  # order of listing in this partition (informational: routers may interleave listings)
     estimate: model.Estimate
     rv: RiskVector
     flash: Flash | None = None
@@ -96,6 +98,9 @@ class ContractState:
     conv_f: float = 0.0
     lower_dec: Decimal = ZERO
     upper_dec: Decimal = ZERO
+    # Identifies the current (rv, tau, conv_f): a new value from _VERSIONS whenever any of
+    # them changes (listing, flash, tick). Positions cache their risk components per version.
+    version: int = -1
 
     @property
     def contract_id(self) -> str:
@@ -122,6 +127,11 @@ class Account:
     published_im_cents: int | None = None
     published_equity: Decimal | None = None
     call: OpenCall | None = None
+    # The open positions with their contracts, in contract_id order: the order account IMs
+    # are summed in, the same in every partition and every run whatever the listing order.
+    # None when ``positions`` gained or lost a contract
+    # since it was built; see :func:`_ordered_positions`.
+    ordered: list[tuple[ContractState, Position]] | None = field(default=None, repr=False, compare=False)
 
     def as_row(self) -> dict:
         return {
@@ -176,7 +186,7 @@ class EngineState:
                 contract_rows.append(row)
             elif key.startswith("account:"):
                 account_rows.append(row)
-        for row in sorted(contract_rows, key=lambda r: r["seq"]):
+        for row in sorted(contract_rows, key=lambda r: r["listing"]["contract_id"]):
             contract = _new_contract(state, parse_listing(row["listing"]), row["listing"], row["seq"])
             if row["flash"] is not None:
                 _set_flash(contract, parse_flash(row["flash"]), row["flash"])
@@ -197,6 +207,7 @@ class EngineState:
             for cid, raw in row["positions"].items():
                 position = Position.from_dict(raw)
                 account.positions[cid] = position
+                account.ordered = None
                 contract = state.contracts[cid]
                 contract.book.set(contract.book.row_for(account.account_id, account.index), position)
         for contract in state.contracts.values():
@@ -205,6 +216,11 @@ class EngineState:
 
 
 # --------------------------------------------------------------------------- helpers
+# Source of ContractState.version values: unique in the process, so a version can never be
+# mistaken for another contract state's (e.g. after EngineState.from_rows).
+_VERSIONS = itertools.count()
+
+
 def _new_contract(state: EngineState, listing: Listing, raw: dict, seq: int) -> ContractState:
     est = model.estimate(listing.history, listing.params)
     rv = model.risk_vector(listing.lower, listing.upper, listing.history, listing.params, est=est)
@@ -221,6 +237,7 @@ def _set_flash(contract: ContractState, flash: Flash, raw: dict) -> None:
         listing.lower, listing.upper, listing.history, listing.params, flash.value, flash.coverage, est=contract.estimate
     )
     contract.flash, contract.flash_raw = flash, raw
+    contract.version = next(_VERSIONS)
 
 
 def _set_time(state: EngineState, contract: ContractState) -> None:
@@ -229,6 +246,7 @@ def _set_time(state: EngineState, contract: ContractState) -> None:
     now = state.now_us if state.now_us is not None else listing.listing_us
     contract.tau = model.tau(now, listing.listing_us, listing.settlement_us)
     contract.conv_f = model.conv_factor(contract.rv.k, contract.tau)
+    contract.version = next(_VERSIONS)
 
 
 def _refresh_book(state: EngineState, contract: ContractState) -> None:
@@ -248,32 +266,63 @@ def _get_account(state: EngineState, account_id: str) -> Account:
 
 
 def _ordered_positions(state: EngineState, account: Account) -> list[tuple[ContractState, Position]]:
-    pairs = [(state.contracts[cid], p) for cid, p in account.positions.items()]
-    pairs.sort(key=lambda pair: pair[0].seq)
+    """The account's open positions in contract_id order, rebuilt only after ``positions``
+    gained or lost a contract (callers that do so reset ``account.ordered`` to None)."""
+    pairs = account.ordered
+    if pairs is None:
+        pairs = [(state.contracts[cid], p) for cid, p in account.positions.items()]
+        pairs.sort(key=lambda pair: pair[0].contract_id)
+        account.ordered = pairs
     return pairs
 
 
+def _position_components(contract: ContractState, position: Position) -> dict:
+    """The position's risk components (the requirement record's per-position dict), cached
+    on the position until the position (fill) or the contract state (version) changes.
+    Treat the result as read-only: it is the cache itself."""
+    risk = position.risk
+    if risk is None or position.risk_version != contract.version:
+        risk = model.position_risk_dict(
+            contract.contract_id, position.q_float, position.a_float, contract.rv, contract.tau, contract.conv_f
+        )
+        position.risk = risk
+        position.risk_version = contract.version
+    return risk
+
+
 def account_risk(state: EngineState, account: Account) -> tuple[float, list[dict]]:
-    """Account IM (sum of position IMs in listing order) and the per-position components."""
+    """Account IM (sum of position IMs in contract_id order) and the per-position components
+    (fresh dicts, which the caller may keep or change). Only positions whose cached
+    components are stale are re-margined (see :func:`_position_components`)."""
     total = 0.0
     positions = []
     for contract, position in _ordered_positions(state, account):
-        risk = model.position_risk(position.q_float, position.a_float, contract.rv, contract.tau, contract.conv_f)
-        total += risk.im
-        positions.append(risk.as_dict(contract.contract_id))
+        risk = position.risk  # inlined fast path of _position_components
+        if risk is None or position.risk_version != contract.version:
+            risk = _position_components(contract, position)
+        total += risk["im"]
+        positions.append(risk.copy())
     return total, positions
 
 
+# Record times repeat (the clock moves only on ticks): format each one once.
+_format_time_us = lru_cache(maxsize=1024)(format_time_us)
+
+
 def _as_of(state: EngineState, event_us: int) -> str:
-    return format_time_us(state.now_us if state.now_us is not None else event_us)
+    return _format_time_us(state.now_us if state.now_us is not None else event_us)
 
 
-def _publish(state: EngineState, account: Account, im_total: float, cause: Cause, event_us: int) -> list[Output]:
-    """Requirement (if IM or equity moved by a cent) and call records for one account."""
+def _publish(
+    state: EngineState, account: Account, im_total: float, cause: Cause, event_us: int, positions: list[dict] | None = None
+) -> list[Output]:
+    """Requirement (if IM or equity moved by a cent) and call records for one account.
+    ``positions`` are the per-position components when the caller already has them."""
     im_cents = cents_up(im_total)
     if account.published_im_cents == im_cents and account.published_equity == account.equity:
         return []
-    _, positions = account_risk(state, account)
+    if positions is None:
+        _, positions = account_risk(state, account)
     im = cents_to_decimal(im_cents)
     as_of = _as_of(state, event_us)
     outputs = [
@@ -303,14 +352,20 @@ def _publish(state: EngineState, account: Account, im_total: float, cause: Cause
     return outputs
 
 
+def _publish_now(state: EngineState, account: Account, cause: Cause, event_us: int) -> list[Output]:
+    """:func:`_publish` after computing the account's risk once, position by position."""
+    total, positions = account_risk(state, account)
+    return _publish(state, account, total, cause, event_us, positions)
+
+
 def _remargin(state: EngineState, accounts: Iterable[Account], cause: Cause, event_us: int) -> list[Output]:
     """Publish for every given account whose row has not yet applied this cause, using the
-    cached (vectorised) position IMs; sums run in listing order, as in :func:`account_risk`."""
+    cached (vectorised) position IMs; sums run in contract_id order, as in :func:`account_risk`."""
     accounts = [acc for acc in accounts if not _seen(acc.src, cause)]
     if not accounts:
         return []
     totals = np.zeros(len(state.accounts))
-    for contract in state.contracts.values():  # insertion order == listing order
+    for contract in state.contracts.values():  # kept in contract_id order, as account_risk sums
         book = contract.book
         if book.n and contract.settlement is None:
             totals[book.account_idx[: book.n]] += book.im[: book.n]
@@ -335,6 +390,9 @@ def _apply_listing(state: EngineState, ev: Listing, raw: dict, cause: Cause) -> 
     contract = _new_contract(state, ev, raw, seq=len(state.contracts))
     _mark(contract.src, cause)
     state.contracts[ev.contract_id] = contract
+    # contract_id order, not listing order: two routers may interleave listings differently,
+    # and the order IMs are summed in must not depend on that (bit-identical outputs).
+    state.contracts = dict(sorted(state.contracts.items()))
     state.touched.add(f"contract:{ev.contract_id}")
     return []
 
@@ -407,8 +465,9 @@ def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Caus
             continue
         position = account.positions.pop(contract.contract_id, None)
         if position is not None:
+            account.ordered = None
             account.equity += position.settle_pnl(ev.value, contract.lower_dec, contract.upper_dec)
-        outputs.extend(_publish(state, account, account_risk(state, account)[0], cause, ev.ts_us))
+        outputs.extend(_publish_now(state, account, cause, ev.ts_us))
         _mark(account.src, cause)
         state.touched.add(f"account:{account.account_id}")
     return outputs
@@ -445,13 +504,17 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
         raise OutOfRange("fill after the contract's settlement_time", field="ts", reason="fill_after_settlement_time")
     account = _get_account(state, ev.account_id)
     account.seen[f"t:{ev.trade_id}"] = ev.fingerprint
-    position = account.positions.setdefault(ev.contract_id, Position(ZERO, ZERO))
+    position = account.positions.get(ev.contract_id)
+    if position is None:
+        position = account.positions[ev.contract_id] = Position(ZERO, ZERO)
+        account.ordered = None
     position.add_fill(ev.delta, ev.notional, ev.price)
     book = contract.book
     row = book.row_for(account.account_id, account.index)
     book.set(row, position)
-    book.im[row] = model.position_risk(book.q[row], book.a[row], contract.rv, contract.tau, contract.conv_f).im
-    outputs = _publish(state, account, account_risk(state, account)[0], cause, ev.ts_us)
+    # The scalar IM equals the vectorised one bit for bit (same float inputs, same ops).
+    book.im[row] = _position_components(contract, position)["im"]
+    outputs = _publish_now(state, account, cause, ev.ts_us)
     _mark(account.src, cause)
     state.touched.add(f"account:{account.account_id}")
     return outputs
@@ -466,7 +529,7 @@ def _apply_movement(state: EngineState, ev: Movement, cause: Cause) -> list[Outp
     account = _get_account(state, ev.account_id)
     account.seen[f"m:{ev.movement_id}"] = ev.fingerprint
     account.equity += ev.amount
-    outputs = _publish(state, account, account_risk(state, account)[0], cause, ev.ts_us)
+    outputs = _publish_now(state, account, cause, ev.ts_us)
     _mark(account.src, cause)
     state.touched.add(f"account:{account.account_id}")
     return outputs

@@ -347,22 +347,35 @@ class PositionRisk:
     tau: float
 
     def as_dict(self, contract_id: str) -> dict:
-        return {
-            "contract_id": contract_id,
-            "q": self.q,
-            "im": self.im,
-            "max_loss": self.max_loss,
-            "es": self.es,
-            "stress": self.stress,
-            "conv": self.conv,
-            "stat": self.stat,
-            "conc": self.conc,
-            "tau": self.tau,
-        }
+        return _risk_dict(
+            contract_id, self.q, self.im, self.max_loss, self.es, self.stress, self.conv, self.stat, self.conc, self.tau
+        )
 
 
-def position_risk(q: float, a: float, rv: RiskVector, tau_: float, conv_f: float) -> PositionRisk:
-    """IM of one net position ``(q, a)`` in O(1) (SPEC §2.7–2.13); see the module doc."""
+def _risk_dict(
+    contract_id: str, q: float, im: float, max_loss: float, es: float, stress: float, conv: float, stat: float,
+    conc: float, tau_: float,
+) -> dict:
+    """The per-position dict of a requirement record (the one layout, keys in this order)."""
+    return {
+        "contract_id": contract_id,
+        "q": q,
+        "im": im,
+        "max_loss": max_loss,
+        "es": es,
+        "stress": stress,
+        "conv": conv,
+        "stat": stat,
+        "conc": conc,
+        "tau": tau_,
+    }
+
+
+def position_components(q: float, a: float, rv: RiskVector, conv_f: float) -> tuple[float, float, float, float, float, float, float]:
+    """``(im, max_loss, es, stress, conv, stat, conc)`` of one net position ``(q, a)`` in
+    O(1) (SPEC §2.7–2.13), as plain floats; see the module doc. This is the one scalar
+    implementation: :func:`position_risk` and :func:`position_risk_dict` wrap it, and
+    :func:`positions_risk` repeats its operations in the same order on arrays."""
     width = rv.upper - rv.lower
     loss_lower = (a - q * rv.lower) / width
     loss_upper = (a - q * rv.upper) / width
@@ -374,7 +387,18 @@ def position_risk(q: float, a: float, rv: RiskVector, tau_: float, conv_f: float
     stat = max(max(rv.beta * max_loss, es), stress)
     conc = rv.gamma * abs(q) / rv.depth * max_loss
     im = min(max_loss, max(0.0, conv + stat + conc))
-    return PositionRisk(q, im, max_loss, es, stress, conv, stat, conc, tau_)
+    return im, max_loss, es, stress, conv, stat, conc
+
+
+def position_risk(q: float, a: float, rv: RiskVector, tau_: float, conv_f: float) -> PositionRisk:
+    """IM of one net position ``(q, a)`` in O(1) (SPEC §2.7–2.13); see the module doc."""
+    return PositionRisk(q, *position_components(q, a, rv, conv_f), tau_)
+
+
+def position_risk_dict(contract_id: str, q: float, a: float, rv: RiskVector, tau_: float, conv_f: float) -> dict:
+    """``position_risk(q, a, rv, tau_, conv_f).as_dict(contract_id)`` without building the
+    intermediate :class:`PositionRisk` (the per-fill path builds one per fill)."""
+    return _risk_dict(contract_id, q, *position_components(q, a, rv, conv_f), tau_)
 
 
 @dataclass

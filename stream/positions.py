@@ -11,7 +11,6 @@ all holders in one vectorised pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 
 import numpy as np
@@ -19,22 +18,64 @@ import numpy as np
 from .money import quantize_cents
 
 
-@dataclass
 class Position:
-    q: Decimal  # Σ δ·N, dollars
-    a: Decimal  # Σ δ·N·P, dollar-levels
+    """One net position: ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact.
+
+    For the per-fill path it also keeps:
+
+    * ``q_float``/``a_float``: ``float(q)``/``float(a)``, refreshed whenever ``q`` or ``a``
+      changes (through :meth:`add_fill` or assignment), so re-margining does not convert
+      Decimals on every call;
+    * ``risk``/``risk_version``: the engine's cache of this position's risk components (the
+      dict published in requirement records) and the contract state version they were
+      computed at. Any change of ``q`` or ``a`` clears it; the engine recomputes it when the
+      contract's version (rv, tau, conv_f) differs.
+    """
+
+    __slots__ = ("_q", "_a", "q_float", "a_float", "risk", "risk_version")
+
+    def __init__(self, q: Decimal, a: Decimal):
+        self._q = q
+        self._a = a
+        self.q_float = float(q)
+        self.a_float = float(a)
+        self.risk: dict | None = None
+        self.risk_version = -1
+
+    @property
+    def q(self) -> Decimal:  # Σ δ·N, dollars
+        return self._q
+
+    @q.setter
+    def q(self, value: Decimal) -> None:
+        self._q = value
+        self.q_float = float(value)
+        self.risk = None
+
+    @property
+    def a(self) -> Decimal:  # Σ δ·N·P, dollar-levels
+        return self._a
+
+    @a.setter
+    def a(self, value: Decimal) -> None:
+        self._a = value
+        self.a_float = float(value)
+        self.risk = None
 
     def add_fill(self, delta: int, notional: Decimal, price: Decimal) -> None:
-        self.q += delta * notional
-        self.a += delta * notional * price
+        signed = delta * notional
+        self.q = self._q + signed
+        self.a = self._a + signed * price
 
-    @property
-    def q_float(self) -> float:
-        return float(self.q)
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Position):
+            return NotImplemented
+        return (self._q, self._a) == (other._q, other._a)
 
-    @property
-    def a_float(self) -> float:
-        return float(self.a)
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"Position(q={self._q!r}, a={self._a!r})"
 
     def settle_pnl(self, value: Decimal, lower: Decimal, upper: Decimal) -> Decimal:
         """P&L at settlement: ``-loss(K~) = (q·K~ - a) / R`` with ``K~ = clamp(value)``,

@@ -312,3 +312,16 @@ def test_cause_none_offset_still_applies(driver):
     event = parse(FILLS, {"trade_id": "T1", "account_id": "A", "contract_id": CID, "side": "BUY", "price": 460000, "notional": 1, "ts": "2026-04-02T00:00:00Z"})
     _, out = apply(driver.state, event, Cause("api", 0, None, "T1"))
     assert out
+
+
+def test_listing_order_does_not_change_outputs(web):
+    """Two routers may put listings into a partition in either order: outputs must not care."""
+    def run(first, second):
+        d = Driver()
+        d.list(first)
+        d.list(second)
+        for topic, msg in SCENARIO:
+            d.send(topic, msg)
+        return [o.value for o in d.outputs]
+
+    assert run(TSLA, web) == run(web, TSLA)
