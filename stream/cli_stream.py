@@ -133,6 +133,40 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     p.set_defaults(func=cmd_demo)
 
+    source_help = "read the topics from this export directory (kpimargin export) instead of the broker"
+    p = sub.add_parser("replay", help="recompute every requirement and call from margin.log and compare with what was published",
+                       epilog=settings_help(), formatter_class=fmt)
+    p.add_argument("--dir", metavar="EXPORT_DIR", help=source_help)
+    p.add_argument("--account", metavar="A", help="compare only this account's records")
+    p.add_argument("--contract", metavar="C", help="compare only records whose positions include C or caused by C")
+    p.add_argument("--from-time", metavar="T", help="compare only records with as_of >= T (ISO-8601 UTC)")
+    p.add_argument("--to-time", metavar="T", help="compare only records with as_of <= T (ISO-8601 UTC)")
+    p.add_argument("--from-offset", type=int, metavar="N", help="compare only records caused by log offsets >= N")
+    p.add_argument("--to-offset", type=int, metavar="N", help="compare only records caused by log offsets <= N")
+    p.add_argument("--show", type=int, default=3, metavar="N", help="print the first N mismatches (default 3)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("explain", help="an account's IM, equity, components, risk vectors and chain of events at a time",
+                       epilog=settings_help(), formatter_class=fmt)
+    p.add_argument("account", metavar="ACCOUNT")
+    p.add_argument("--at", metavar="TIME", help="event time (ISO-8601 UTC); default: the whole log")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--dir", metavar="EXPORT_DIR", help=source_help)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("export", help="write topics to DIR/<topic>.jsonl (one record a line)",
+                       epilog=settings_help(), formatter_class=fmt)
+    p.add_argument("topics", nargs="+", metavar="TOPIC", choices=topics)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="PNG step plot of an account's IM and equity with its margin calls",
+                       epilog=settings_help(), formatter_class=fmt)
+    p.add_argument("account", metavar="ACCOUNT")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--dir", metavar="EXPORT_DIR", help=source_help)
+    p.set_defaults(func=cmd_report)
+
 
 def start_worker_process(settings: Settings, log_path: Path | None = None) -> subprocess.Popen:
     """A worker as a child process (used by the demo and the integration tests)."""
@@ -150,3 +184,98 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- audit commands
+def _audit_topics(topics: list[str], directory: str | None, command: str) -> dict | None:
+    """Topics from an export directory or the broker; None (after a message) when unreadable."""
+    from .audit import load_topics
+
+    try:
+        return load_topics(topics, directory, None if directory else _settings())
+    except (OSError, ValueError) as exc:
+        print(f"kpimargin {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _time_arg(value: str | None, name: str, command: str) -> int | None:
+    """An optional ISO-8601 UTC option as microseconds; exits 2 when it does not parse."""
+    from .errors import Rejected
+    from .timeutil import parse_time_us
+
+    if value is None:
+        return None
+    try:
+        return parse_time_us(value, name)
+    except Rejected as exc:
+        print(f"kpimargin {command}: {name}: {exc.detail}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _engine_config():
+    """The engine knobs the worker used (KPIMARGIN_CALL_UPDATE_THRESHOLD), from the env."""
+    from .engine import EngineConfig
+
+    return EngineConfig(call_update_threshold=_settings().call_update_threshold)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .audit import Filters, Progress, format_report, run_replay
+    from .topics import CALLS, REQUIREMENTS
+
+    filters = Filters(args.account, args.contract, _time_arg(args.from_time, "--from-time", "replay"),
+                      _time_arg(args.to_time, "--to-time", "replay"), args.from_offset, args.to_offset)
+    topics = _audit_topics([LOG, REQUIREMENTS, CALLS], args.dir, "replay")
+    if topics is None:
+        return 2
+    report = run_replay(topics, filters, _engine_config(), Progress(0))
+    print(format_report(report, args.show))
+    return 0 if report.ok else 1
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .audit import explain, format_explain, log_entries, to_json
+
+    at_us = _time_arg(args.at, "--at", "explain")
+    topics = _audit_topics([LOG], args.dir, "explain")
+    if topics is None:
+        return 2
+    try:
+        result = explain(log_entries(topics[LOG]), args.account, at_us, _engine_config())
+    except KeyError as exc:
+        print(f"kpimargin explain: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.buffer.write(to_json(result) + b"\n")
+    else:
+        print(format_explain(result))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .audit import read_broker, write_export
+
+    settings = _settings()
+    topics = list(dict.fromkeys(args.topics))
+    records = asyncio.run(read_broker(settings, topics))
+    for topic in topics:
+        path, count = write_export(args.out, topic, records[topic])
+        print(f"{settings.topic(topic)}: {count} records -> {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .audit import account_history, plot_report
+    from .topics import CALLS, REQUIREMENTS
+
+    topics = _audit_topics([REQUIREMENTS, CALLS], args.dir, "report")
+    if topics is None:
+        return 2
+    requirements, calls = account_history(topics, args.account)
+    try:
+        path = plot_report(requirements, calls, args.account, args.out)
+    except ValueError as exc:
+        print(f"kpimargin report: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: {len(requirements)} requirements, {len(calls)} calls of account {args.account}", file=sys.stderr)
+    return 0

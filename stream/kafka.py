@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-import zlib
 from typing import AsyncIterator, Callable, Iterable
 
 import orjson
@@ -14,8 +13,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from .ordered_log import log_partition  # noqa: F401  (re-exported for callers)
 from .settings import Settings
-from .topics import ACCOUNT_TOPICS, INPUT_TOPICS, LOG, OUTPUT_TOPICS, TICKS
+from .topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS, REQUIREMENTS, TICKS
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -75,33 +75,38 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
 
 
 def key_for(topic: str, obj: object) -> bytes | None:
-    """The message key SPEC §4 names for each input topic; ticks all share the key
-    ``clock`` so that they stay in one partition, in order."""
+    """The message key SPEC §4 names for each topic: account_id for fills, movements,
+    requirements and calls; contract_id for listings, flashes and settlements; ``clock``
+    for every tick (one partition, in order); the record id for dead letters."""
     if topic == TICKS:
         return b"clock"
     if not isinstance(obj, dict):
         return None
-    name = "account_id" if topic in ACCOUNT_TOPICS else None if topic == TICKS else "contract_id"
-    value = obj.get(name) if name else None
+    if topic in (*ACCOUNT_TOPICS, REQUIREMENTS, CALLS):
+        name = "account_id"
+    elif topic == DEADLETTER:
+        name = "id"
+    else:
+        name = "contract_id"
+    value = obj.get(name)
     return str(value).encode() if value is not None else None
 
 
-def log_partition(account_id: str, partitions: int) -> int:
-    """Stable account -> log partition map (CRC-32, the same in every process)."""
-    return zlib.crc32(account_id.encode()) % partitions
-
-
-async def publish(settings: Settings, topic: str, lines: Iterable[bytes]) -> list[tuple[int, int]]:
+async def publish(
+    settings: Settings, topic: str, lines: Iterable[bytes], skip_blank: bool = True
+) -> list[tuple[int, int]]:
     """Publish raw JSON lines to a (logical) topic, keyed as SPEC §4 says; wait for acks.
+    Blank lines are skipped unless ``skip_blank`` is false (then every value is sent as is).
     Returns the (partition, offset) of every message, in order."""
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5)
     await producer.start()
     try:
         futures = []
         for line in lines:
-            line = line.strip()
-            if not line:
-                continue
+            if skip_blank:
+                line = line.strip()
+                if not line:
+                    continue
             try:
                 key = key_for(topic, orjson.loads(line))
             except orjson.JSONDecodeError:
@@ -119,40 +124,63 @@ async def read_topic(
     from_beginning: bool = True,
     idle_timeout_s: float | None = 5.0,
     stop: Callable[[], bool] | None = None,
+    reconnect_idle_s: float = 1.5,
 ) -> AsyncIterator[tuple[int, int, int, bytes | None, bytes | None]]:
     """Yield ``(partition, offset, timestamp_ms, key, value)`` from every partition of a
     (logical) topic without joining a group. Ends after ``idle_timeout_s`` without a
-    message (never, if None) or when ``stop()`` turns true."""
+    message (never, if None) or when ``stop()`` turns true.
+
+    After ``reconnect_idle_s`` without data the client is replaced and resumes where it
+    was: the embedded broker has been seen to stop answering a long-lived reader's
+    fetches while a fresh connection reads on."""
     name = settings.topic(topic)
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(name)
-        deadline = time.monotonic() + 10
-        while not partitions and time.monotonic() < deadline:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(name)
-            if not partitions:
-                await asyncio.sleep(0.2)
-        tps = [TopicPartition(name, p) for p in sorted(partitions or ())]
-        if not tps:
-            return
-        consumer.assign(tps)
-        if from_beginning:
-            await consumer.seek_to_beginning(*tps)
-        else:
-            await consumer.seek_to_end(*tps)
-        last = time.monotonic()
-        while not (stop and stop()):
-            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
-            got = False
-            for tp in sorted(batch, key=lambda t: t.partition):
-                for record in batch[tp]:
-                    got = True
-                    yield tp.partition, record.offset, record.timestamp, record.key, record.value
-            if got:
-                last = time.monotonic()
-            elif idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
+    positions: dict[int, int] = {}
+    last = time.monotonic()
+    while not (stop and stop()):
+        consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        try:
+            tps = await _assign(consumer, name)
+            if not tps:
                 return
-    finally:
-        await consumer.stop()
+            for tp in tps:
+                if tp.partition in positions:
+                    consumer.seek(tp, positions[tp.partition])
+                elif from_beginning:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    await consumer.seek_to_end(tp)
+            quiet_since = time.monotonic()
+            while not (stop and stop()):
+                batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+                got = False
+                for tp in sorted(batch, key=lambda t: t.partition):
+                    for record in batch[tp]:
+                        got = True
+                        positions[tp.partition] = record.offset + 1
+                        yield tp.partition, record.offset, record.timestamp, record.key, record.value
+                now = time.monotonic()
+                if got:
+                    last = quiet_since = now
+                elif idle_timeout_s is not None and now - last > idle_timeout_s:
+                    return
+                elif now - quiet_since > reconnect_idle_s:
+                    for tp in tps:  # remember where each partition stands, then reconnect
+                        positions.setdefault(tp.partition, await consumer.position(tp))
+                    break
+        finally:
+            await consumer.stop()
+
+
+async def _assign(consumer: AIOKafkaConsumer, name: str) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(name)
+    deadline = time.monotonic() + 10
+    while not partitions and time.monotonic() < deadline:
+        await consumer.force_metadata_update()
+        partitions = consumer.partitions_for_topic(name)
+        if not partitions:
+            await asyncio.sleep(0.2)
+    tps = [TopicPartition(name, p) for p in sorted(partitions or ())]
+    if tps:
+        consumer.assign(tps)
+    return tps

@@ -11,18 +11,48 @@ the log reproduces exactly what the processor published.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Iterable
 
 import orjson
 
 from .engine import EngineState, Output, apply
-from .errors import Rejected, SchemaViolation
-from .records import Cause, deadletter_record, parse
+from .errors import Rejected, SchemaViolation, Undecodable
+from .records import Cause, deadletter_record, decode, parse
 from .topics import ACCOUNT_TOPICS, DEADLETTER, LOG
 
 
 def encode_entry(topic: str, partition: int, offset: int, value: Any) -> bytes:
     return orjson.dumps({"source": {"topic": topic, "partition": partition, "offset": offset}, "value": value})
+
+
+def log_partition(account_id: str, partitions: int) -> int:
+    """Stable account -> log partition map (CRC-32: the same in every process and run)."""
+    return zlib.crc32(account_id.encode()) % partitions
+
+
+def route_input(
+    topic: str, partition: int, offset: int, raw: bytes | None, log_partitions: int, max_bytes: int
+) -> tuple[list[tuple[int, bytes, bytes]], Output | None]:
+    """What the router does with one input message: ``([(log partition, key, entry)], None)``
+    or ``([], dead-letter output)`` for what is invalid on its own (tombstone, oversized,
+    undecodable, schema-invalid). Account events go to their account's partition
+    (``crc32(account_id) % P``); listing, flash, settlement and tick events to every one."""
+    try:
+        if raw is None:
+            raise Undecodable("empty message (tombstone)")
+        if len(raw) > max_bytes:
+            raise SchemaViolation(f"{len(raw)} bytes exceeds the {max_bytes}-byte limit", reason="oversized")
+        obj = decode(raw)
+        event = parse(topic, obj)
+    except Rejected as error:
+        return [], deadletter_output(topic, partition, offset, raw or b"", error)
+    entry = encode_entry(topic, partition, offset, obj)
+    if topic in ACCOUNT_TOPICS:
+        account_id = event.account_id  # type: ignore[union-attr]
+        return [(log_partition(account_id, log_partitions), account_id.encode(), entry)], None
+    key = (getattr(event, "contract_id", None) or "clock").encode()
+    return [(p, key, entry) for p in range(log_partitions)], None
 
 
 def deadletter_output(topic: str, partition: int, offset: int | None, raw: bytes, error: Exception) -> Output:

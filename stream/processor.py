@@ -26,9 +26,10 @@ than once, always with the same id and content: consumers deduplicate by ``id``.
 from __future__ import annotations
 
 import logging
+import time
 import types
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
@@ -36,12 +37,10 @@ import orjson
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
 from .engine import EngineConfig, EngineState, Output
-from .errors import Rejected, SchemaViolation
-from .kafka import log_partition, ssl_context
-from .ordered_log import apply_entry, deadletter_output, encode_entry
-from .records import decode, parse
+from .kafka import read_topic, ssl_context
+from .ordered_log import apply_entry, route_input
 from .settings import Settings
-from .topics import ACCOUNT_TOPICS, INPUT_TOPICS, LOG, OUTPUT_TOPICS
+from .topics import INPUT_TOPICS, LOG, OUTPUT_TOPICS
 
 log = logging.getLogger("kpimargin")
 
@@ -85,6 +84,7 @@ def faust_config(settings: Settings) -> dict:
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        producer_linger=settings.producer_linger_ms / 1000.0,
         key_serializer="raw",
         value_serializer="raw",
         table_standby_replicas=0,
@@ -139,36 +139,19 @@ def create_app(settings: Settings) -> faust.App:
     def logical(name: str) -> str:
         return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
-    async def deadletter(source: str, partition: int, offset: int | None, raw: bytes | None, error: Exception) -> None:
-        await publish([deadletter_output(source, partition, offset, raw or b"", error)])
-
     # ------------------------------------------------------------------ router
     @app.agent(inputs, name="route")
     async def route(stream):
         async for event in stream.events():
             message = event.message
-            source = logical(message.topic)
-            raw = event.value
-            try:
-                if raw is None:
-                    raise SchemaViolation("empty message (tombstone)", reason="undecodable")
-                if len(raw) > settings.max_message_bytes:
-                    raise SchemaViolation(
-                        f"{len(raw)} bytes exceeds the {settings.max_message_bytes}-byte limit", reason="oversized"
-                    )
-                obj = decode(raw)
-                parsed = parse(source, obj)
-            except Rejected as error:
-                await deadletter(source, message.partition, message.offset, raw, error)
-                continue
-            record = encode_entry(source, message.partition, message.offset, obj)
-            if source in ACCOUNT_TOPICS:
-                account_id = parsed.account_id  # type: ignore[union-attr]
-                await log_topic.send(key=account_id.encode(), value=record, partition=log_partition(account_id, partitions))
-            else:
-                key = (getattr(parsed, "contract_id", None) or "clock").encode()
-                for p in range(partitions):
-                    await log_topic.send(key=key, value=record, partition=p)
+            entries, rejected = route_input(
+                logical(message.topic), message.partition, message.offset, event.value,
+                partitions, settings.max_message_bytes,
+            )
+            if rejected is not None:
+                await publish([rejected])
+            for p, key, record in entries:
+                await log_topic.send(key=key, value=record, partition=p)
 
     # ------------------------------------------------------------------ engine
     work: dict[int, PartitionWork] = {}
@@ -177,14 +160,43 @@ def create_app(settings: Settings) -> faust.App:
     def row_key(p: int, key: str) -> bytes:
         return f"{p}|{key}".encode()
 
-    def load(p: int) -> PartitionWork:
+    def partition_rows(p: int) -> dict[str, dict]:
         prefix_b = f"{p}|".encode()
-        rows = [
-            (k[len(prefix_b):].decode(), orjson.loads(v))
+        return {
+            k[len(prefix_b):].decode(): orjson.loads(v)
             for k, v in list(table.data.items())
             if k.startswith(prefix_b) and v is not None
-        ]
-        state = EngineState.from_rows(rows, config)
+        }
+
+    async def catch_up(p: int, resume_offset: int) -> None:
+        """Read the changelog partition ourselves until it holds the batch that ends just
+        before ``resume_offset``. Needed when faust's recovery stopped at a stale high
+        watermark (seen with the embedded broker, whose end offsets can lag)."""
+        changelog = replace(settings, topic_prefix="")
+        name = table.changelog_topic.get_topic_name()
+        deadline = time.monotonic() + 60
+        async for partition, _o, _t, key, value in read_topic(changelog, name, idle_timeout_s=10.0):
+            if partition != p or key is None:
+                continue
+            table.data[key] = value
+            if key == row_key(p, "meta") and value is not None and orjson.loads(value)["log_offset"] + 1 >= resume_offset:
+                return
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError(f"partition {p}: changelog does not reach log offset {resume_offset - 1}")
+
+    async def load(p: int, resume_offset: int) -> PartitionWork:
+        """The engine state of log partition ``p`` from the table, checked against the
+        offset the consumer resumes at: the last persisted batch (the ``meta`` row, written
+        after the batch's rows) must end right before it, or recovery was incomplete."""
+        rows = partition_rows(p)
+        persisted = rows.get("meta", {}).get("log_offset", -1)
+        if persisted + 1 < resume_offset:
+            log.warning("partition %d: recovered state ends at log offset %d but the group resumes at %d; "
+                        "reading the changelog to catch up", p, persisted, resume_offset)
+            await catch_up(p, resume_offset)
+            rows = partition_rows(p)
+        state = EngineState.from_rows(rows.items(), config)
         log.info("partition %d: state loaded (%d accounts, %d contracts)", p, len(state.accounts), len(state.contracts))
         return PartitionWork(state)
 
@@ -212,7 +224,11 @@ def create_app(settings: Settings) -> faust.App:
         if not busy:
             return
         started = {p: epochs.get(p, 0) for p in busy}
+        t0 = time.perf_counter()
         await app.producer.flush()
+        t1 = time.perf_counter()
+        stats["flush_s"] += t1 - t0
+        stats["batches"] += 1
         assignment = app.consumer.assignment()
         for p, w in busy.items():
             events, w.pending = w.pending, []
@@ -223,10 +239,13 @@ def create_app(settings: Settings) -> faust.App:
                 for key in sorted(w.state.touched):
                     table[row_key(p, key)] = orjson.dumps(w.state.row(key))
                 w.state.touched.clear()
+                # last, so that a durable meta row implies every row of the batch is durable
+                table[row_key(p, "meta")] = orjson.dumps({"log_offset": events[-1].message.offset})
             finally:
                 _current_event.reset(token)
             for ev in events:
                 await stream.ack(ev)
+        stats["persist_s"] += time.perf_counter() - t1
 
     @app.agent(log_topic, name="apply_log")
     async def apply_log(stream):
@@ -236,14 +255,35 @@ def create_app(settings: Settings) -> faust.App:
             p = event.message.partition
             w = work.get(p)
             if w is None:
-                w = work[p] = load(p)
+                w = work[p] = await load(p, event.message.offset)
             w.pending.append(event)
             await handle(p, w.state, event)
             if len(w.pending) >= settings.batch_max or queue.empty():
                 await flush(stream)
 
     async def handle(p: int, state: EngineState, event) -> None:
-        await publish(apply_entry(state, p, event.message.offset, event.value))
+        t0 = time.perf_counter()
+        outputs = apply_entry(state, p, event.message.offset, event.value)
+        t1 = time.perf_counter()
+        await publish(outputs)
+        stats["events"] += 1
+        stats["outputs"] += len(outputs)
+        stats["apply_s"] += t1 - t0
+        stats["send_s"] += time.perf_counter() - t1
+
+    stats: dict[str, float] = dict.fromkeys(("events", "outputs", "batches", "apply_s", "send_s", "flush_s", "persist_s"), 0)
+
+    @app.timer(interval=10.0)
+    async def report_stats() -> None:
+        """Every 10 s at INFO: events applied, batches, and where the time went."""
+        if stats["events"]:
+            log.info(
+                "applied %d events (%d outputs) in %d batches; apply %.2fs send %.2fs flush %.2fs persist %.2fs",
+                stats["events"], stats["outputs"], stats["batches"],
+                stats["apply_s"], stats["send_s"], stats["flush_s"], stats["persist_s"],
+            )
+            for key in stats:
+                stats[key] = 0
 
     app.kpimargin_settings = settings  # type: ignore[attr-defined]
     return app

@@ -32,6 +32,9 @@ class Settings:
     fetch_max_wait_ms: int = setting(
         "KPIMARGIN_FETCH_MAX_WAIT_MS", 100, "Longest a consumer fetch waits for data (faust hard-codes 1500 ms; brokers that do not wake fetches on produce add it to latency)."
     )
+    producer_linger_ms: float = setting(
+        "KPIMARGIN_PRODUCER_LINGER_MS", 5.0, "How long the producer waits to batch records into one request (latency vs. throughput)."
+    )
     batch_max: int = setting("KPIMARGIN_BATCH_MAX", 500, "Most log events applied before outputs are flushed and state is persisted.")
     call_update_threshold: Decimal = setting(
         "KPIMARGIN_CALL_UPDATE_THRESHOLD", Decimal("0.01"), "Shortfall change (dollars) that publishes an UPDATED call."

@@ -168,7 +168,7 @@ class Cluster:
             settings = replace(self.settings, topic_prefix="")
             async for _p, _o, _t, key, value in read_topic(settings, name, idle_timeout_s=1.0):
                 partition, _, row_key = key.decode().partition("|")
-                if value is not None:
+                if value is not None and row_key != "meta":
                     rows[int(partition)][row_key] = orjson.loads(value)
 
         asyncio.run(run())

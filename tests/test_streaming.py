@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 
 from stream.demo import is_final, load_scenario, scenario_accounts
 from stream.kafka import log_partition
-from stream.topics import CALLS, DEADLETTER, FLASH, REQUIREMENTS, SETTLEMENTS, TICKS
+from stream.topics import CALLS, DEADLETTER, FLASH, REQUIREMENTS, TICKS
 
 from .streaming_support import Cluster, by_account, fresh_settings, kafka_bootstrap
 

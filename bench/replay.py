@@ -1,0 +1,141 @@
+"""Offline replay throughput of the audit tool: ``python -m bench.replay [--accounts N] [--repeat R]``.
+
+Builds a synthetic ``margin.log`` in memory with :func:`stream.ordered_log.encode_entry`
+(via :func:`stream.audit.route_offline`, routed like the router over 4 partitions):
+20 listings (copies of the two example contracts), one tick per round of fills and two
+flashes, and for each account one deposit and 24 fills over up to 13 contracts. Then times
+
+* ``recompute``: the replay proper, a fresh EngineState per log partition and
+  :func:`stream.ordered_log.apply_entry` on every entry (what ``kpimargin replay`` runs);
+* ``run_replay``: recompute plus the comparison with "published" records (here exactly
+  the recomputed ones, serialised as a worker would), i.e. the whole audit after reading.
+
+Figures are log entries per second (wall clock, ``time.perf_counter``, GC enabled); the
+median over ``--repeat`` runs is reported. Prints a human summary, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import orjson
+
+import stream
+from stream.audit import Record, as_records, recompute, route_offline, run_replay
+from stream.ordered_log import replay
+from stream.topics import CALLS, COLLATERAL, FILLS, FLASH, LISTINGS, LOG, REQUIREMENTS, TICKS
+
+EXAMPLES = Path(stream.__file__).resolve().parent / "examples"
+PARTITIONS = 4
+N_CONTRACTS = 20
+FILLS_PER_ACCOUNT = 24
+
+
+def listings() -> list[dict]:
+    """Copies of the TSLA (ES at the cap) and web-traffic (interior ES) listings."""
+    templates = [orjson.loads((EXAMPLES / name).read_bytes()) for name in ("tsla_listing.json", "web_listing.json")]
+    out = []
+    for i in range(N_CONTRACTS):
+        listing = dict(templates[i % 2])
+        listing["contract_id"] = f"{listing['contract_id']}-R{i:02d}"
+        out.append(listing)
+    return out
+
+
+def _fill(account: str, j: int, listing: dict, rng_state: int) -> dict:
+    lower, upper = listing["lower"], listing["upper"]
+    price = lower + (upper - lower) * (0.3 + 0.4 * ((rng_state % 97) / 97))
+    price = round(price, 2) if upper < 1000 else int(price)
+    return {"trade_id": f"{account}-T{j}", "account_id": account, "contract_id": listing["contract_id"],
+            "side": "BUY" if (rng_state >> 3) % 2 else "SELL", "price": price,
+            "notional": 1000 + (rng_state % 50) * 100, "ts": "2026-04-10T12:00:00Z"}
+
+
+def messages(accounts: int) -> list[tuple[str, dict]]:
+    """Input messages in publish order: listings, then rounds of fills with ticks and a few
+    flashes between them; deposits come first for every account."""
+    contracts = listings()
+    msgs: list[tuple[str, dict]] = [(LISTINGS, c) for c in contracts]
+    msgs.append((TICKS, {"ts": "2026-04-05T00:00:00Z"}))
+    ids = [f"ACC{i:05d}" for i in range(accounts)]
+    msgs += [(COLLATERAL, {"movement_id": f"{a}-M", "account_id": a, "amount": "25000.00", "ts": "2026-04-05T01:00:00Z"})
+             for a in ids]
+    day = _dt.datetime(2026, 4, 6, tzinfo=_dt.timezone.utc)
+    seed = 12345
+    for j in range(FILLS_PER_ACCOUNT):
+        for i, account in enumerate(ids):
+            seed = (seed * 1103515245 + 12345) % 2**31
+            msgs.append((FILLS, _fill(account, j, contracts[(i + 3 * j) % (N_CONTRACTS // 2 + 3)], seed)))
+        day += _dt.timedelta(hours=12)  # a tick after every round: re-margins every holder
+        msgs.append((TICKS, {"ts": day.strftime("%Y-%m-%dT%H:%M:%SZ")}))
+        if j in (8, 16):
+            flash_day = day.strftime("%Y-%m-%dT%H:%M:%SZ")
+            msgs.append((FLASH, {"contract_id": contracts[j % 4]["contract_id"], "as_of": flash_day,
+                                 "value": contracts[j % 4]["history"][-1], "coverage": 0.2}))
+    return msgs
+
+
+def published(entries) -> dict[str, list[Record]]:
+    """Requirements and calls as a faithful worker would have published them."""
+    topics: dict[str, list[Record]] = {REQUIREMENTS: [], CALLS: []}
+    for _p, _o, out in replay(entries):
+        if out.topic in topics:
+            topics[out.topic].append(Record(0, len(topics[out.topic]), None, out.key.encode(), orjson.dumps(out.value)))
+    return topics
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"platform": platform.platform(), "cpu_model": model, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "loadavg": os.getloadavg()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=2000, help="accounts (each: 1 deposit + 24 fills)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    entries = route_offline(messages(args.accounts), PARTITIONS)
+    topics = {LOG: as_records(entries), **published(entries)}
+    kinds: dict[str, int] = {}
+    for _p, _o, raw in entries:
+        topic = orjson.loads(raw)["source"]["topic"]
+        kinds[topic] = kinds.get(topic, 0) + 1
+    n_records = len(topics[REQUIREMENTS]) + len(topics[CALLS])
+
+    rec_s = [timed(lambda: recompute(entries)) for _ in range(args.repeat)]
+    reports = []
+    full_s = [timed(lambda: reports.append(run_replay(topics))) for _ in range(args.repeat)]
+    assert all(r.ok and r.compared == n_records for r in reports)
+
+    rec_rate = len(entries) / statistics.median(rec_s)
+    full_rate = len(entries) / statistics.median(full_s)
+    print(f"synthetic margin.log: {len(entries):,} entries over {PARTITIONS} partitions {kinds}; "
+          f"{args.accounts:,} accounts, {N_CONTRACTS} contracts; {n_records:,} requirements+calls")
+    print(f"recompute (apply_entry on every entry): median {statistics.median(rec_s):.2f} s -> {rec_rate:,.0f} entries/s")
+    print(f"run_replay (recompute + compare):       median {statistics.median(full_s):.2f} s -> {full_rate:,.0f} entries/s")
+    print(json.dumps({
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "entries": len(entries), "entries_by_topic": kinds, "records": n_records, "accounts": args.accounts,
+        "recompute_s": rec_s, "run_replay_s": full_s, "recompute_entries_per_s": rec_rate,
+        "run_replay_entries_per_s": full_rate, "machine": machine(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
