@@ -26,6 +26,8 @@ than once, always with the same id and content: consumers deduplicate by ``id``.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import types
 import weakref
@@ -133,7 +135,6 @@ def create_app(settings: Settings) -> faust.App:
 
     inputs = app.topic(*[settings.topic(t) for t in INPUT_TOPICS], key_type=bytes, value_type=bytes)
     log_topic = topic(LOG)
-    out_topics = {name: topic(name) for name in OUTPUT_TOPICS}
     table = app.Table("state", partitions=partitions, key_type=bytes, value_type=bytes)
 
     def logical(name: str) -> str:
@@ -151,7 +152,7 @@ def create_app(settings: Settings) -> faust.App:
             if rejected is not None:
                 await publish([rejected])
             for p, key, record in entries:
-                await log_topic.send(key=key, value=record, partition=p)
+                await send(log_name, key, record, p)
 
     # ------------------------------------------------------------------ engine
     work: dict[int, PartitionWork] = {}
@@ -159,6 +160,15 @@ def create_app(settings: Settings) -> faust.App:
 
     def row_key(p: int, key: str) -> bytes:
         return f"{p}|{key}".encode()
+
+    fault, _, fault_at = settings.fault_injection.partition(":")
+    batches_done = [0]  # batches flushed since start (the stats counters reset every report)
+
+    def maybe_die(point: str) -> None:
+        """Fault injection for the crash tests: SIGKILL this process at a named point."""
+        if fault == point and (not fault_at or batches_done[0] >= int(fault_at)):
+            log.warning("fault injection: SIGKILL at %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def partition_rows(p: int) -> dict[str, dict]:
         prefix_b = f"{p}|".encode()
@@ -189,6 +199,7 @@ def create_app(settings: Settings) -> faust.App:
         """The engine state of log partition ``p`` from the table, checked against the
         offset the consumer resumes at: the last persisted batch (the ``meta`` row, written
         after the batch's rows) must end right before it, or recovery was incomplete."""
+        maybe_die("in_recovery")
         rows = partition_rows(p)
         persisted = rows.get("meta", {}).get("log_offset", -1)
         if persisted + 1 < resume_offset:
@@ -214,9 +225,17 @@ def create_app(settings: Settings) -> faust.App:
     async def on_assigned(sender, assigned, **kwargs) -> None:  # noqa: ARG001
         forget(assigned)
 
+    out_names = {name: settings.topic(name) for name in OUTPUT_TOPICS}
+    log_name = settings.topic(LOG)
+
+    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        """Hand one record to the producer (no wait for the broker: ``flush`` does that).
+        Straight to faust's producer: its Topic/Channel layer costs ~400 µs a record."""
+        await app.producer.send(topic, key, value, partition, None, None)
+
     async def publish(outputs: list[Output]) -> None:
         for out in outputs:
-            await out_topics[out.topic].send(key=out.key.encode(), value=orjson.dumps(out.value))
+            await send(out_names[out.topic], out.key.encode(), orjson.dumps(out.value))
 
     async def flush(stream) -> None:
         """End the batch of every partition: outputs acked, then rows written, then acks."""
@@ -229,6 +248,8 @@ def create_app(settings: Settings) -> faust.App:
         t1 = time.perf_counter()
         stats["flush_s"] += t1 - t0
         stats["batches"] += 1
+        batches_done[0] += 1
+        maybe_die("after_outputs")  # outputs acknowledged, state not yet written
         assignment = app.consumer.assignment()
         for p, w in busy.items():
             events, w.pending = w.pending, []
@@ -243,6 +264,7 @@ def create_app(settings: Settings) -> faust.App:
                 table[row_key(p, "meta")] = orjson.dumps({"log_offset": events[-1].message.offset})
             finally:
                 _current_event.reset(token)
+            maybe_die("after_rows")  # state written, offsets not yet acked or committed
             for ev in events:
                 await stream.ack(ev)
         stats["persist_s"] += time.perf_counter() - t1

@@ -51,6 +51,9 @@ class Settings:
     ssl_certfile: str = setting("KAFKA_SSL_CERTFILE", "", "Client certificate for mutual TLS.")
     ssl_keyfile: str = setting("KAFKA_SSL_KEYFILE", "", "Client key for mutual TLS.")
     log_level: str = setting("KPIMARGIN_LOG_LEVEL", "warning", "Worker log level.")
+    fault_injection: str = setting(
+        "KPIMARGIN_FAULT_INJECTION", "", "Testing only: after_outputs:N, after_rows:N or in_recovery makes the worker SIGKILL itself there."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -81,9 +81,9 @@ class Cluster:
         self.started = 0
         asyncio.run(ensure_topics(settings))
 
-    def start_worker(self):
+    def start_worker(self, settings: Settings | None = None):
         self.started += 1
-        settings = replace(self.settings, data_dir=str(self.tmp / f"data-{self.started}"))
+        settings = replace(settings or self.settings, data_dir=str(self.tmp / f"data-{self.started}"))
         proc = start_worker_process(settings, self.tmp / f"worker-{self.started}.log")
         self.workers.append(proc)
         return proc

@@ -68,3 +68,20 @@ def test_security_settings_reach_the_kafka_clients(tmp_path):
     config = faust_config(Settings.from_env({}))
     assert config["web_enabled"] is False and config["web_tables_enabled"] is False and config["web_bind"] == "127.0.0.1"
     assert config["broker_credentials"] is None
+
+
+def test_no_object_codecs_and_no_code_evaluation():
+    """Input is data: no pickle (or other object codec), no eval/exec, anywhere in the package."""
+    import pathlib
+
+    import stream
+
+    root = pathlib.Path(stream.__file__).parent
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        for banned in ("pickle", "marshal", "eval(", "exec(", "yaml.load(", "shelve"):
+            assert banned not in text, f"{banned} in {path.name}"
+    from stream.processor import faust_config
+
+    config = faust_config(Settings.from_env({}))
+    assert config["key_serializer"] == "raw" and config["value_serializer"] == "raw"

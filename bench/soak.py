@@ -1,0 +1,126 @@
+"""Soak: sustained load on one worker, watching memory and consumer lag (not a CI test).
+
+    python -m bench.soak [--rate 350] [--minutes 10] [--accounts 2000]
+
+Starts the embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``) and one worker, lists two
+contracts, then publishes fills at a fixed rate for the given time, with a clock tick every
+minute. Every 10 s it samples the worker's resident memory (``/proc/PID/status``) and the
+consumer lag on the ordered log (log entries written minus offsets the worker committed).
+Prints one line per sample and a final JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream.broker import EmbeddedBroker
+from stream.cli_stream import start_worker_process, stop_process
+from stream.demo import load_scenario, publish_phases
+from stream.kafka import client_kwargs, ensure_topics, key_for
+from stream.settings import Settings
+from stream.topics import FILLS, LOG, TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def committed_total(settings: Settings) -> int:
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        total = 0
+        for p in range(settings.partitions):
+            total += await consumer.committed(TopicPartition(settings.topic(LOG), p)) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def soak(settings: Settings, rate: float, minutes: float, accounts: int, worker_pid: int) -> dict:
+    phases = load_scenario()[:2]  # the two listings and the first tick
+    await publish_phases(settings, phases)
+    log_written = len(phases[0]["messages"]) * settings.partitions + settings.partitions
+    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5)
+    await producer.start()
+    rnd = random.Random(3)
+    start = time.monotonic()
+    samples = []
+    sent = 0
+    next_sample = start
+    next_tick = start + 60
+    day = 0
+    try:
+        while time.monotonic() - start < minutes * 60:
+            now = time.monotonic()
+            due = int((now - start) * rate) - sent
+            for _ in range(max(0, due)):
+                fill = {"trade_id": f"S{sent}", "account_id": f"A{rnd.randrange(accounts)}",
+                        "contract_id": "TSLA-Q2-2026-DELIVERIES", "side": rnd.choice(("BUY", "SELL")),
+                        "price": rnd.randrange(300000, 600000), "notional": rnd.randint(100, 10000),
+                        "ts": "2026-04-03T00:00:00Z"}
+                await producer.send(settings.topic(FILLS), orjson.dumps(fill), key=key_for(FILLS, fill))
+                sent += 1
+                log_written += 1
+            if now >= next_tick:
+                day += 1
+                tick = {"ts": f"2026-04-{3 + day:02d}T00:00:00Z"}
+                await producer.send(settings.topic(TICKS), orjson.dumps(tick), key=key_for(TICKS, tick))
+                log_written += settings.partitions
+                next_tick += 60
+            if now >= next_sample:
+                lag = log_written - await committed_total(settings)
+                sample = {"t_s": round(now - start), "sent": sent, "lag": lag, "rss_mb": round(rss_mb(worker_pid), 1)}
+                samples.append(sample)
+                print(orjson.dumps(sample).decode(), flush=True)
+                next_sample += 10
+            await asyncio.sleep(0.01)
+    finally:
+        await producer.stop()
+    lags = [s["lag"] for s in samples[1:]]
+    return {
+        "rate_per_s": rate, "minutes": minutes, "fills_sent": sent, "accounts": accounts,
+        "rss_mb_start": samples[1]["rss_mb"] if len(samples) > 1 else None, "rss_mb_end": samples[-1]["rss_mb"],
+        "lag_max": max(lags) if lags else None, "lag_end": samples[-1]["lag"], "samples": len(samples),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=350.0, help="fills per second")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--accounts", type=int, default=2000)
+    args = parser.parse_args(argv)
+    base = Settings.from_env()
+    broker = None if base.bootstrap_servers else EmbeddedBroker().start()
+    settings = replace(base, bootstrap_servers=broker.bootstrap if broker else base.bootstrap_servers,
+                       app_id=f"soak-{int(time.time())}", topic_prefix=f"soak{int(time.time())}.",
+                       session_timeout_s=6.0, log_level="info", data_dir="/tmp/kpimargin-soak")
+    worker = None
+    try:
+        asyncio.run(ensure_topics(settings))
+        worker = start_worker_process(settings, Path("/tmp/kpimargin-soak-worker.log"))
+        summary = asyncio.run(soak(settings, args.rate, args.minutes, args.accounts, worker.pid))
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        if broker is not None:
+            broker.stop()
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
