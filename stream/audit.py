@@ -157,6 +157,30 @@ def log_entries(records: Iterable[Record]) -> list[tuple[int, int, bytes]]:
     return [(r.partition, r.offset, r.value) for r in sort_records(records) if r.value is not None]
 
 
+def log_from_inputs(topics: dict[str, list[Record]], partitions: int, max_bytes: int) -> list[Record]:
+    """Rebuild an ordered log from the raw input topics with the router's own function
+    (:func:`stream.ordered_log.route_input`), merging the topics by broker timestamp (then
+    topic, partition, offset). It equals the processor's log wherever the router saw events
+    in timestamp order -- true for inputs published one after another; events published at
+    the same moment on different topics may have been routed in another order."""
+    from .ordered_log import route_input
+    from .topics import INPUT_TOPICS
+
+    merged = sorted(
+        ((r.timestamp or 0, INPUT_TOPICS.index(topic), r.partition, r.offset, topic, r)
+         for topic in INPUT_TOPICS for r in topics.get(topic, ())),
+        key=lambda item: item[:4],
+    )
+    next_offset = [0] * partitions
+    log: list[Record] = []
+    for *_, topic, record in merged:
+        entries, _rejected = route_input(topic, record.partition, record.offset, record.value, partitions, max_bytes)
+        for p, key, value in entries:
+            log.append(Record(p, next_offset[p], record.timestamp, key, value))
+            next_offset[p] += 1
+    return log
+
+
 def decode_entry(raw: bytes) -> tuple[dict, dict] | None:
     """``(source, value)`` of a log entry, or None when it is not one the router wrote."""
     try:

@@ -144,6 +144,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-offset", type=int, metavar="N", help="compare only records caused by log offsets >= N")
     p.add_argument("--to-offset", type=int, metavar="N", help="compare only records caused by log offsets <= N")
     p.add_argument("--show", type=int, default=3, metavar="N", help="print the first N mismatches (default 3)")
+    p.add_argument("--from-inputs", action="store_true",
+                   help="rebuild the log from the raw input topics (router logic, timestamp order) instead of margin.log")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("explain", help="an account's IM, equity, components, risk vectors and chain of events at a time",
@@ -225,9 +227,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     filters = Filters(args.account, args.contract, _time_arg(args.from_time, "--from-time", "replay"),
                       _time_arg(args.to_time, "--to-time", "replay"), args.from_offset, args.to_offset)
-    topics = _audit_topics([LOG, REQUIREMENTS, CALLS], args.dir, "replay")
-    if topics is None:
-        return 2
+    if args.from_inputs:
+        from .audit import log_from_inputs
+        from .topics import INPUT_TOPICS
+
+        topics = _audit_topics([*INPUT_TOPICS, REQUIREMENTS, CALLS], args.dir, "replay")
+        if topics is None:
+            return 2
+        settings = _settings()
+        topics[LOG] = log_from_inputs(topics, settings.partitions, settings.max_message_bytes)
+    else:
+        topics = _audit_topics([LOG, REQUIREMENTS, CALLS], args.dir, "replay")
+        if topics is None:
+            return 2
     report = run_replay(topics, filters, _engine_config(), Progress(0))
     print(format_report(report, args.show))
     return 0 if report.ok else 1

@@ -482,11 +482,25 @@ def _check_duplicate(account: Account | None, key: str, fp: str, id_field: str) 
     return True
 
 
-def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
-    account = state.accounts.get(ev.account_id)
+def _already_applied(state: EngineState, account_id: str, key: str, fp: str, id_field: str, cause: Cause) -> bool:
+    """A re-delivery (source offset already applied to the account's row) or a repeated id
+    with identical content; a repeated id with other content raises a conflict."""
+    account = state.accounts.get(account_id)
     if account is not None and _seen(account.src, cause):
-        return []
-    if _check_duplicate(account, f"t:{ev.trade_id}", ev.fingerprint, "trade_id"):
+        return True
+    return _check_duplicate(account, key, fp, id_field)
+
+
+def _account_changed(state: EngineState, account: Account, cause: Cause, event_us: int) -> list[Output]:
+    """Publish for an account its own event changed, and mark its row applied and dirty."""
+    outputs = _publish_now(state, account, cause, event_us)
+    _mark(account.src, cause)
+    state.touched.add(f"account:{account.account_id}")
+    return outputs
+
+
+def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
+    if _already_applied(state, ev.account_id, f"t:{ev.trade_id}", ev.fingerprint, "trade_id", cause):
         return []
     contract = _known_contract(state, ev.contract_id)
     listing = contract.listing
@@ -514,25 +528,16 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
     book.set(row, position)
     # The scalar IM equals the vectorised one bit for bit (same float inputs, same ops).
     book.im[row] = _position_components(contract, position)["im"]
-    outputs = _publish_now(state, account, cause, ev.ts_us)
-    _mark(account.src, cause)
-    state.touched.add(f"account:{account.account_id}")
-    return outputs
+    return _account_changed(state, account, cause, ev.ts_us)
 
 
 def _apply_movement(state: EngineState, ev: Movement, cause: Cause) -> list[Output]:
-    account = state.accounts.get(ev.account_id)
-    if account is not None and _seen(account.src, cause):
-        return []
-    if _check_duplicate(account, f"m:{ev.movement_id}", ev.fingerprint, "movement_id"):
+    if _already_applied(state, ev.account_id, f"m:{ev.movement_id}", ev.fingerprint, "movement_id", cause):
         return []
     account = _get_account(state, ev.account_id)
     account.seen[f"m:{ev.movement_id}"] = ev.fingerprint
     account.equity += ev.amount
-    outputs = _publish_now(state, account, cause, ev.ts_us)
-    _mark(account.src, cause)
-    state.touched.add(f"account:{account.account_id}")
-    return outputs
+    return _account_changed(state, account, cause, ev.ts_us)
 
 
 def apply(state: EngineState, event: Event, cause: Cause, raw: dict | None = None) -> tuple[EngineState, list[Output]]:
