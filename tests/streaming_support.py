@@ -81,9 +81,10 @@ class Cluster:
         self.started = 0
         asyncio.run(ensure_topics(settings))
 
-    def start_worker(self, settings: Settings | None = None):
+    def start_worker(self, settings: Settings | None = None, data_dir: str | None = None):
+        """A worker with its own local state directory, or ``data_dir`` to reuse one."""
         self.started += 1
-        settings = replace(settings or self.settings, data_dir=str(self.tmp / f"data-{self.started}"))
+        settings = replace(settings or self.settings, data_dir=data_dir or str(self.tmp / f"data-{self.started}"))
         proc = start_worker_process(settings, self.tmp / f"worker-{self.started}.log")
         self.workers.append(proc)
         return proc
