@@ -119,7 +119,7 @@ class Killer(threading.Thread):
             self.error = exc
 
 
-def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path):
+def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys):
     phases = scenario(EVENTS)
     with kafka_bootstrap() as bootstrap:
         cluster = Cluster(fresh_settings(bootstrap, tmp_path, batch_max=200), tmp_path)
@@ -146,9 +146,10 @@ def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path):
         finally:
             cluster.stop()
     published = sum(len(p["messages"]) for p in phases)
-    print(f"\ncrash test: {published} input events, {log_entries} log entries, kills {killer.done} "
-          f"({sum(killer.done.values())} in all, {cluster.started} worker starts), {len(outputs)} distinct records published, "
-          f"{len(replayed)} recomputed by replay; replay tool exit {proc.returncode}")
+    with capsys.disabled():
+        print(f"\ncrash test: {published} input events, {log_entries} log entries, kills {killer.done} "
+              f"({sum(killer.done.values())} in all, {cluster.started} worker starts), {len(outputs)} distinct records published, "
+              f"{len(replayed)} recomputed by replay; replay tool exit {proc.returncode}")
     assert published >= EVENTS and sum(killer.done.values()) >= KILLS
     assert set(outputs) == set(replayed)
     for rid, record in replayed.items():
