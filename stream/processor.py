@@ -58,13 +58,10 @@ class PartitionWork:
 def _credentials(settings: Settings) -> Any:
     protocol = settings.security_protocol
     if protocol.startswith("SASL"):
-        mechanism = settings.sasl_mechanism
         kwargs = dict(username=settings.sasl_username, password=settings.sasl_password)
         if protocol == "SASL_SSL":
             kwargs["ssl_context"] = ssl_context(settings)
-        if mechanism == "PLAIN":
-            return faust.SASLCredentials(mechanism="PLAIN", **kwargs)
-        return faust.SASLCredentials(mechanism=mechanism, **kwargs)
+        return faust.SASLCredentials(mechanism=settings.sasl_mechanism, **kwargs)
     if protocol == "SSL":
         return faust.SSLCredentials(ssl_context(settings))
     return None
