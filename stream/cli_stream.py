@@ -215,10 +215,8 @@ def _time_arg(value: str | None, name: str, command: str) -> int | None:
 
 
 def _engine_config():
-    """The engine knobs the worker used (KPIMARGIN_CALL_UPDATE_THRESHOLD), from the env."""
-    from .engine import EngineConfig
-
-    return EngineConfig(call_update_threshold=_settings().call_update_threshold)
+    """The engine knobs the worker used (call update threshold, dedup horizon), from the env."""
+    return _settings().engine_config()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

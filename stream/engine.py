@@ -64,6 +64,9 @@ class EngineConfig:
     """Engine knobs that are not model parameters (SPEC §3)."""
 
     call_update_threshold: Decimal = Decimal("0.01")
+    # How long (event time, µs) fill and movement ids are remembered for deduplication;
+    # None remembers them forever. See :func:`_check_horizon`.
+    dedup_horizon_us: int | None = 7 * 86_400 * 1_000_000
 
 
 def _src_key(cause: Cause) -> str:
@@ -122,11 +125,16 @@ class Account:
     index: int
     equity: Decimal = ZERO
     positions: dict[str, Position] = field(default_factory=dict)  # open positions
-    seen: dict[str, str] = field(default_factory=dict)  # "t:<trade_id>"/"m:<movement_id>" -> fingerprint
+    # "t:<trade_id>"/"m:<movement_id>" -> [fingerprint, ts_us]: the ids applied within the
+    # dedup horizon (older ones are pruned, see :func:`_remember`)
+    seen: dict[str, list] = field(default_factory=dict)
     src: dict[str, int] = field(default_factory=dict)
     published_im_cents: int | None = None
     published_equity: Decimal | None = None
     call: OpenCall | None = None
+    # The clock value ``seen`` was last pruned at (not persisted: pruning at a given clock
+    # value gives the same ``seen`` whenever it runs, since older ids are never added).
+    pruned_at_us: int | None = field(default=None, repr=False, compare=False)
     # The open positions with their contracts, in contract_id order: the order account IMs
     # are summed in, the same in every partition and every run whatever the listing order.
     # None when ``positions`` gained or lost a contract
@@ -138,7 +146,7 @@ class Account:
             "account_id": self.account_id,
             "equity": str(self.equity),
             "positions": {cid: p.as_dict() for cid, p in self.positions.items()},
-            "seen": dict(self.seen),
+            "seen": {k: list(v) for k, v in self.seen.items()},
             "src": dict(self.src),
             "published_im_cents": self.published_im_cents,
             "published_equity": None if self.published_equity is None else str(self.published_equity),
@@ -198,7 +206,7 @@ class EngineState:
         for row in account_rows:
             account = _get_account(state, row["account_id"])
             account.equity = Decimal(row["equity"])
-            account.seen = dict(row["seen"])
+            account.seen = {k: list(v) for k, v in row["seen"].items()}
             account.src = dict(row["src"])
             account.published_im_cents = row["published_im_cents"]
             pe = row["published_equity"]
@@ -475,19 +483,68 @@ def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Caus
 
 def _check_duplicate(account: Account | None, key: str, fp: str, id_field: str) -> bool:
     """True if this id was applied before with the same content; conflict if different."""
-    if account is None or key not in account.seen:
+    if account is None:
         return False
-    if account.seen[key] != fp:
+    entry = account.seen.get(key)
+    if entry is None:
+        return False
+    if entry[0] != fp:
         raise DuplicateConflict("id already applied with different content", field=id_field)
     return True
 
 
-def _already_applied(state: EngineState, account_id: str, key: str, fp: str, id_field: str, cause: Cause) -> bool:
+def _horizon_cutoff_us(state: EngineState) -> int | None:
+    """Event time before which ids are no longer remembered: ``now - dedup_horizon``."""
+    horizon = state.config.dedup_horizon_us
+    if horizon is None or state.now_us is None:
+        return None
+    return state.now_us - horizon
+
+
+def _check_horizon(state: EngineState, ts_us: int) -> None:
+    """Reject a fill or movement older than the dedup horizon (SPEC §3 "applied once").
+
+    Ids are remembered for ``dedup_horizon`` of event time (clock ticks), so that memory
+    stays flat under sustained load. An event whose own ``ts`` is older than ``now -
+    dedup_horizon`` could be a duplicate of an id already forgotten: it is rejected
+    (``outside_dedup_horizon``) rather than risk applying it twice. A duplicate with
+    identical content has the same ``ts``, so exact deduplication holds for every event
+    that is applied; a *re-used* id with different content and a newer ``ts`` is detected
+    only while the first use is within the horizon."""
+    cutoff = _horizon_cutoff_us(state)
+    if cutoff is not None and ts_us < cutoff:
+        raise OutOfRange(
+            f"ts {format_time_us(ts_us)} is more than the dedup horizon before the clock "
+            f"{format_time_us(state.now_us)}: too late to be checked for duplicates",
+            field="ts",
+            reason="outside_dedup_horizon",
+        )
+
+
+def _remember(state: EngineState, account: Account, key: str, fp: str, ts_us: int) -> None:
+    """Record an applied id, first forgetting the account's ids older than the horizon
+    (once per clock value: the scan is amortised over the account's events of a tick)."""
+    cutoff = _horizon_cutoff_us(state)
+    if cutoff is not None and account.pruned_at_us != state.now_us:
+        account.seen = {k: v for k, v in account.seen.items() if v[1] >= cutoff}
+        account.pruned_at_us = state.now_us
+    account.seen[key] = [fp, ts_us]
+
+
+def _account_src(state: EngineState, account_id: str) -> dict[str, int]:
+    account = state.accounts.get(account_id)
+    return account.src if account is not None else {}
+
+
+def _already_applied(state: EngineState, account_id: str, key: str, fp: str, id_field: str, cause: Cause,
+                     ts_us: int) -> bool:
     """A re-delivery (source offset already applied to the account's row) or a repeated id
-    with identical content; a repeated id with other content raises a conflict."""
+    with identical content; a repeated id with other content raises a conflict, an event
+    older than the dedup horizon is rejected."""
     account = state.accounts.get(account_id)
     if account is not None and _seen(account.src, cause):
         return True
+    _check_horizon(state, ts_us)
     return _check_duplicate(account, key, fp, id_field)
 
 
@@ -499,8 +556,19 @@ def _account_changed(state: EngineState, account: Account, cause: Cause, event_u
     return outputs
 
 
+def _check_fill_time(contract: ContractState, ev: Fill) -> None:
+    listing = contract.listing
+    if ev.ts_us < listing.listing_us:
+        raise OutOfRange("fill before the contract's listing_time", field="ts", reason="fill_before_listing")
+    if ev.ts_us > listing.settlement_us:
+        raise OutOfRange("fill after the contract's settlement_time", field="ts", reason="fill_after_settlement_time")
+
+
 def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
-    if _already_applied(state, ev.account_id, f"t:{ev.trade_id}", ev.fingerprint, "trade_id", cause):
+    contract = state.contracts.get(ev.contract_id)
+    if contract is not None and contract.settlement is None and not _seen(_account_src(state, ev.account_id), cause):
+        _check_fill_time(contract, ev)  # the specific reason first (an applied fill passed it)
+    if _already_applied(state, ev.account_id, f"t:{ev.trade_id}", ev.fingerprint, "trade_id", cause, ev.ts_us):
         return []
     contract = _known_contract(state, ev.contract_id)
     listing = contract.listing
@@ -512,12 +580,8 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
             field="price",
             reason="price_out_of_range",
         )
-    if ev.ts_us < listing.listing_us:
-        raise OutOfRange("fill before the contract's listing_time", field="ts", reason="fill_before_listing")
-    if ev.ts_us > listing.settlement_us:
-        raise OutOfRange("fill after the contract's settlement_time", field="ts", reason="fill_after_settlement_time")
     account = _get_account(state, ev.account_id)
-    account.seen[f"t:{ev.trade_id}"] = ev.fingerprint
+    _remember(state, account, f"t:{ev.trade_id}", ev.fingerprint, ev.ts_us)
     position = account.positions.get(ev.contract_id)
     if position is None:
         position = account.positions[ev.contract_id] = Position(ZERO, ZERO)
@@ -532,10 +596,10 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
 
 
 def _apply_movement(state: EngineState, ev: Movement, cause: Cause) -> list[Output]:
-    if _already_applied(state, ev.account_id, f"m:{ev.movement_id}", ev.fingerprint, "movement_id", cause):
+    if _already_applied(state, ev.account_id, f"m:{ev.movement_id}", ev.fingerprint, "movement_id", cause, ev.ts_us):
         return []
     account = _get_account(state, ev.account_id)
-    account.seen[f"m:{ev.movement_id}"] = ev.fingerprint
+    _remember(state, account, f"m:{ev.movement_id}", ev.fingerprint, ev.ts_us)
     account.equity += ev.amount
     return _account_changed(state, account, cause, ev.ts_us)
 

@@ -38,7 +38,7 @@ import faust
 import orjson
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
-from .engine import EngineConfig, EngineState, Output
+from .engine import EngineState, Output
 from .kafka import read_topic, ssl_context
 from .ordered_log import apply_entry, route_input
 from .settings import Settings
@@ -125,7 +125,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(settings.app_id, autodiscover=False, **faust_config(settings))
     partitions = settings.partitions
     prefix = settings.topic_prefix
-    config = EngineConfig(call_update_threshold=settings.call_update_threshold)
+    config = settings.engine_config()
 
     def topic(name: str, **kw):
         return app.topic(settings.topic(name), key_type=bytes, value_type=bytes, partitions=partitions, **kw)

@@ -39,6 +39,10 @@ class Settings:
     call_update_threshold: Decimal = setting(
         "KPIMARGIN_CALL_UPDATE_THRESHOLD", Decimal("0.01"), "Shortfall change (dollars) that publishes an UPDATED call."
     )
+    dedup_horizon_s: int = setting(
+        "KPIMARGIN_DEDUP_HORIZON_S", 604_800,
+        "How long (event time) fill and movement ids are remembered for deduplication; older events are dead-lettered as outside_dedup_horizon. 0 remembers ids forever (memory grows with every id).",
+    )
     max_message_bytes: int = setting("KPIMARGIN_MAX_MESSAGE_BYTES", 1_048_576, "Input messages larger than this go to the dead-letter topic.")
     web_enabled: bool = setting("KPIMARGIN_WEB_ENABLED", False, "Run faust's web server (table browsing stays disabled).")
     web_bind: str = setting("KPIMARGIN_WEB_BIND", "127.0.0.1", "Address faust's web server binds to when enabled.")
@@ -71,12 +75,21 @@ class Settings:
     def validate(self) -> None:
         if self.partitions < 1:
             raise ValueError("KPIMARGIN_PARTITIONS must be at least 1")
+        if self.dedup_horizon_s < 0:
+            raise ValueError("KPIMARGIN_DEDUP_HORIZON_S must be 0 (forever) or a number of seconds")
         if not self.store.startswith(("memory://", "rocksdb://")):
             raise ValueError(f"KPIMARGIN_STORE must be memory:// or rocksdb://, got {self.store!r}")
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ValueError(f"KAFKA_SECURITY_PROTOCOL not supported: {self.security_protocol!r}")
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             raise ValueError(f"KAFKA_SASL_MECHANISM must be PLAIN or SCRAM-SHA-256/512, got {self.sasl_mechanism!r}")
+
+    def engine_config(self):
+        """The engine knobs these settings choose (workers and replay must agree on them)."""
+        from .engine import EngineConfig
+
+        horizon_us = self.dedup_horizon_s * 1_000_000 if self.dedup_horizon_s else None
+        return EngineConfig(call_update_threshold=self.call_update_threshold, dedup_horizon_us=horizon_us)
 
     @property
     def bootstrap(self) -> str:
