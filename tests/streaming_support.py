@@ -26,7 +26,7 @@ from stream.engine import EngineState
 from stream.kafka import ensure_topics, read_topic
 from stream.ordered_log import replay
 from stream.settings import Settings
-from stream.topics import CALLS, DEADLETTER, LOG, REQUIREMENTS
+from stream.topics import CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
 
 
 def docker_available() -> bool:
@@ -125,7 +125,11 @@ class Cluster:
                 record = orjson.loads(value)
                 record["_topic"] = topic
                 previous = by_id.setdefault(record["id"], record)
-                assert previous == record, f"id {record['id']} published with different content"
+                if previous != record:
+                    diff = {k: (previous.get(k), record.get(k)) for k in set(previous) | set(record)
+                            if previous.get(k) != record.get(k)}
+                    raise AssertionError(f"id {record['id']} published with different content: {diff}\n"
+                                         f"first: {previous}\nlater: {record}")
         return by_id
 
     def replayed(self) -> tuple[dict[str, dict], dict[int, EngineState]]:
@@ -147,17 +151,60 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
 
+    def committed(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        """The consumer group's committed offset of every partition of ``topics``."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from stream.kafka import client_kwargs
+
+        async def run():
+            consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=self.settings.app_id,
+                                        enable_auto_commit=False)
+            await consumer.start()
+            try:
+                return {(t, p): await consumer.committed(TopicPartition(self.settings.topic(t), p)) or 0
+                        for t in topics for p in range(self.settings.partitions)}
+            finally:
+                await consumer.stop()
+
+        return asyncio.run(run())
+
+    def ends(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        """One past the last offset actually read from every partition of ``topics`` (not
+        ListOffsets: the embedded broker can report end offsets late)."""
+        ends = {(t, p): 0 for t in topics for p in range(self.settings.partitions)}
+        for topic in topics:
+            for p, offset, _v in self.read(topic, idle_s=1.0):
+                ends[(topic, p)] = max(ends[(topic, p)], offset + 1)
+        return ends
+
+    def wait_consumed(self, timeout_s: float = 90.0) -> None:
+        """Wait until the group has committed every input event and every log entry. A log
+        offset is committed only after the outputs of its batch were acknowledged."""
+        topics = [*INPUT_TOPICS, LOG]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.assert_alive()
+            ends = self.ends(topics)  # inputs first, then the log they were forwarded to
+            committed = self.committed(topics)
+            behind = {f"{t}/{p}": (committed[(t, p)], end) for (t, p), end in ends.items() if committed[(t, p)] < end}
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for the workers to consume everything: "
+                                     f"(committed, end) {behind}\n{self.logs()}")
+            time.sleep(0.5)  # polling interval between two reads of the broker
+
     def settle(self, timeout_s: float = 90.0) -> dict[str, dict]:
-        """Wait until what the workers published equals a replay of the log."""
-        last: dict = {}
-
-        def caught_up(outputs):
-            nonlocal last
-            expected, _ = self.replayed()
-            last = expected
-            return set(outputs) >= set(expected)
-
-        outputs = self.wait_for_outputs(caught_up, timeout_s, "the published records to match a replay of the log")
+        """Wait until the workers consumed everything, then check that what they published
+        covers a replay of the log (each record once by id, same content)."""
+        self.wait_consumed(timeout_s)
+        outputs = self.outputs()
+        expected, _ = self.replayed()
+        missing = sorted(set(expected) - set(outputs))
+        if missing:
+            sample = [(expected[i]["_topic"], expected[i]["cause"]) for i in missing[:5]]
+            raise AssertionError(f"{len(missing)} records of the replay were never published, e.g. {sample}\n{self.logs()}")
         return outputs
 
     def table_rows(self) -> dict[int, dict[str, dict]]:
