@@ -104,6 +104,11 @@ class ContractState:
     # Identifies the current (rv, tau, conv_f): a new value from _VERSIONS whenever any of
     # them changes (listing, flash, tick). Positions cache their risk components per version.
     version: int = -1
+    # The last vectorised re-margin of the whole book (see _refresh_book): the version it
+    # was computed at, the (q, a) columns it saw, its RiskArrays, and the same columns as
+    # Python lists (built on first use). Lets a tick's or flash's records take each
+    # position's components from one vectorised pass instead of one scalar call each.
+    book_risk: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def contract_id(self) -> str:
@@ -262,7 +267,32 @@ def _refresh_book(state: EngineState, contract: ContractState) -> None:
     book = contract.book
     if book.n:
         q, a = book.columns()
-        book.im[: book.n] = model.positions_risk(q, a, contract.rv, contract.conv_f).im
+        risk = model.positions_risk(q, a, contract.rv, contract.conv_f)
+        book.im[: book.n] = risk.im
+        contract.book_risk = (contract.version, q.copy(), a.copy(), risk, None)
+
+
+def _book_risk_dicts(contract: ContractState) -> tuple[list, list, list] | None:
+    """``(q, a, dicts)`` of the book's last vectorised re-margin if it is still current
+    (same contract version), else None: the columns it saw as lists, and every row's
+    per-position record dict (the layout of :func:`stream.model._risk_dict`), built in one
+    pass on first use."""
+    cached = contract.book_risk
+    if cached is None or cached[0] != contract.version:
+        return None
+    if cached[4] is None:
+        _, q, a, r = cached[:4]
+        cid, tau_ = contract.contract_id, contract.tau
+        ql = q.tolist()
+        dicts = [
+            {"contract_id": cid, "q": qv, "im": im, "max_loss": ml, "es": es, "stress": st, "conv": cv, "stat": sa,
+             "conc": cc, "tau": tau_}
+            for qv, im, ml, es, st, cv, sa, cc in zip(
+                ql, r.im.tolist(), r.max_loss.tolist(), r.es.tolist(), r.stress.tolist(), r.conv.tolist(),
+                r.stat.tolist(), r.conc.tolist())
+        ]
+        contract.book_risk = cached = (*cached[:4], (ql, a.tolist(), dicts))
+    return cached[4]
 
 
 def _get_account(state: EngineState, account_id: str) -> Account:
@@ -284,15 +314,25 @@ def _ordered_positions(state: EngineState, account: Account) -> list[tuple[Contr
     return pairs
 
 
-def _position_components(contract: ContractState, position: Position) -> dict:
+def _position_components(contract: ContractState, position: Position, account_id: str | None = None) -> dict:
     """The position's risk components (the requirement record's per-position dict), cached
     on the position until the position (fill) or the contract state (version) changes.
-    Treat the result as read-only: it is the cache itself."""
+    Taken from the book's vectorised re-margin when that saw this very (q, a) -- the same
+    operations on the same floats, so the same bits (a property test checks) -- else
+    computed by the scalar formula. Treat the result as read-only: it is the cache itself."""
     risk = position.risk
     if risk is None or position.risk_version != contract.version:
-        risk = model.position_risk_dict(
-            contract.contract_id, position.q_float, position.a_float, contract.rv, contract.tau, contract.conv_f
-        )
+        risk = None
+        cached = _book_risk_dicts(contract) if account_id is not None else None
+        if cached is not None:
+            row = contract.book.rows.get(account_id)
+            if row is not None and row < len(cached[0]) and cached[0][row] == position.q_float \
+                    and cached[1][row] == position.a_float:
+                risk = cached[2][row]
+        if risk is None:
+            risk = model.position_risk_dict(
+                contract.contract_id, position.q_float, position.a_float, contract.rv, contract.tau, contract.conv_f
+            )
         position.risk = risk
         position.risk_version = contract.version
     return risk
@@ -307,7 +347,7 @@ def account_risk(state: EngineState, account: Account) -> tuple[float, list[dict
     for contract, position in _ordered_positions(state, account):
         risk = position.risk  # inlined fast path of _position_components
         if risk is None or position.risk_version != contract.version:
-            risk = _position_components(contract, position)
+            risk = _position_components(contract, position, account.account_id)
         total += risk["im"]
         positions.append(risk.copy())
     return total, positions

@@ -25,6 +25,7 @@ than once, always with the same id and content: consumers deduplicate by ``id``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -138,18 +139,32 @@ def create_app(settings: Settings) -> faust.App:
         return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
     # ------------------------------------------------------------------ router
+    def die(agent: str) -> None:
+        """Bad input never raises out of an agent (it is dead-lettered): this is a bug or a
+        broken broker connection. faust would restart the agent *past* the failed events,
+        so stop the whole process instead, before anything more is committed: a restarted
+        worker resumes from the last commit, exactly as after a SIGKILL."""
+        log.critical("%s failed; exiting so that a restart resumes from the last commit", agent, exc_info=True)
+        logging.shutdown()
+        os._exit(70)
+
     @app.agent(inputs, name="route")
     async def route(stream):
-        async for event in stream.events():
-            message = event.message
-            entries, rejected = route_input(
-                logical(message.topic), message.partition, message.offset, event.value,
-                partitions, settings.max_message_bytes,
-            )
-            if rejected is not None:
-                await publish([rejected])
-            for p, key, record in entries:
-                await send(log_name, key, record, p)
+        try:
+            async for event in stream.events():
+                message = event.message
+                entries, rejected = route_input(
+                    logical(message.topic), message.partition, message.offset, event.value,
+                    partitions, settings.max_message_bytes,
+                )
+                if rejected is not None:
+                    await publish([rejected])
+                for p, key, record in entries:
+                    await send(log_name, key, record, p)
+        except asyncio.CancelledError:
+            raise  # shutdown
+        except BaseException:
+            die("route")
 
     # ------------------------------------------------------------------ engine
     work: dict[int, PartitionWork] = {}
@@ -234,6 +249,17 @@ def create_app(settings: Settings) -> faust.App:
         for out in outputs:
             await send(out_names[out.topic], out.key.encode(), orjson.dumps(out.value))
 
+    changelog_name = table.changelog_topic.get_topic_name()
+
+    async def put_row(p: int, key: bytes, value: bytes) -> None:
+        """Write one state row: into the table's store, and to its changelog partition
+        straight through the producer that faust flushes before every offset commit.
+        Not ``table[key] = value``: faust queues those in a buffer whose flush gives up
+        after 100 ms, so offsets could be committed before the rows were sent (seen:
+        state lost across a SIGKILL)."""
+        table.data[key] = value
+        await app.producer.send(changelog_name, key, value, p, None, None)
+
     async def flush(stream) -> None:
         """End the batch of every partition: outputs acked, then rows written, then acks."""
         busy = {p: w for p, w in work.items() if w.pending}
@@ -252,13 +278,13 @@ def create_app(settings: Settings) -> faust.App:
             events, w.pending = w.pending, []
             if epochs.get(p, 0) != started[p] or events[-1].message.tp not in assignment:
                 continue  # revoked meanwhile: the new owner re-applies from the commit point
-            token = _current_event.set(weakref.ref(events[-1]))
+            token = _current_event.set(weakref.ref(events[-1]))  # rocksdb stores by event partition
             try:
                 for key in sorted(w.state.touched):
-                    table[row_key(p, key)] = orjson.dumps(w.state.row(key))
+                    await put_row(p, row_key(p, key), orjson.dumps(w.state.row(key)))
                 w.state.touched.clear()
                 # last, so that a durable meta row implies every row of the batch is durable
-                table[row_key(p, "meta")] = orjson.dumps({"log_offset": events[-1].message.offset})
+                await put_row(p, row_key(p, "meta"), orjson.dumps({"log_offset": events[-1].message.offset}))
             finally:
                 _current_event.reset(token)
             maybe_die("after_rows")  # state written, offsets not yet acked or committed
@@ -270,15 +296,20 @@ def create_app(settings: Settings) -> faust.App:
     async def apply_log(stream):
         stream = stream.noack()
         queue = stream.channel.queue
-        async for event in stream.events():
-            p = event.message.partition
-            w = work.get(p)
-            if w is None:
-                w = work[p] = await load(p, event.message.offset)
-            w.pending.append(event)
-            await handle(p, w.state, event)
-            if len(w.pending) >= settings.batch_max or queue.empty():
-                await flush(stream)
+        try:
+            async for event in stream.events():
+                p = event.message.partition
+                w = work.get(p)
+                if w is None:
+                    w = work[p] = await load(p, event.message.offset)
+                w.pending.append(event)
+                await handle(p, w.state, event)
+                if len(w.pending) >= settings.batch_max or queue.empty():
+                    await flush(stream)
+        except asyncio.CancelledError:
+            raise  # shutdown
+        except BaseException:
+            die("apply_log")
 
     async def handle(p: int, state: EngineState, event) -> None:
         t0 = time.perf_counter()

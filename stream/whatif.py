@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .engine import EngineState, account_risk, apply
+from .engine import ContractState, EngineConfig, EngineState, account_risk, apply
 from .errors import Rejected
+from .positions import Book
 from .money import cents_to_decimal, cents_up, money_str
 from .records import Cause, parse
 from .topics import FILLS, FLASH, LISTINGS, TICKS
@@ -29,6 +30,75 @@ def _messages(obj: Any) -> list:
     return obj if isinstance(obj, list) else [obj]
 
 
+class Market:
+    """Listings and flashes applied once, and the clock set to ``at``: the contracts' risk
+    vectors are estimated here, so each what-if request on it costs only its own fills.
+
+    A request runs on a scratch :class:`EngineState` that shares the (read-only) contract
+    estimates and starts with empty books, through the same :func:`stream.engine.apply`."""
+
+    def __init__(
+        self,
+        listings: Sequence[tuple[str, Any]],
+        at: str,
+        flashes: Sequence[tuple[str, Any]] = (),
+        config: EngineConfig | None = None,
+    ):
+        self.state = EngineState(config=config or EngineConfig())
+        offset = 0
+        for topic, group in ((LISTINGS, listings), (FLASH, flashes)):
+            for source, obj in group:
+                items = _messages(obj)
+                for i, item in enumerate(items):
+                    _feed(self.state, topic, source, item, i if isinstance(obj, list) else None, offset)
+                    offset += 1
+        _feed(self.state, TICKS, "--at", {"ts": at}, None, offset)
+        self.offset = offset + 1
+
+    def _scratch(self, contract_ids: set) -> EngineState:
+        """A state sharing the prepared contracts; those the request fills (and only
+        those: copying is most of a small request's cost) get a private, empty book."""
+        base = self.state
+        state = EngineState(config=base.config, now_us=base.now_us)
+        contracts = dict(base.contracts)
+        for cid in contract_ids & contracts.keys():
+            copy = object.__new__(ContractState)
+            copy.__dict__.update(contracts[cid].__dict__)
+            copy.book, copy.src = Book(), {}
+            contracts[cid] = copy
+        state.contracts = contracts
+        return state
+
+    def margin(self, fills: Sequence[tuple[str, Any]]) -> dict:
+        """Each account's IM (rounded up to the cent) and unrounded per-position components."""
+        for source, obj in fills:
+            if not isinstance(obj, list):
+                raise WhatIfInputError(source, Rejected("expected a JSON list of fills", reason="schema_violation"))
+        state = self._scratch({item.get("contract_id") for _, obj in fills for item in obj
+                               if isinstance(item, dict) and isinstance(item.get("contract_id"), str)})
+        offset = self.offset
+        for source, obj in fills:
+            for i, item in enumerate(obj):
+                _feed(state, FILLS, source, item, i, offset)
+                offset += 1
+        accounts = []
+        for account_id in sorted(state.accounts):
+            total, positions = account_risk(state, state.accounts[account_id])
+            accounts.append({"account_id": account_id, "im": money_str(cents_to_decimal(cents_up(total))),
+                             "positions": positions})
+        return {"accounts": accounts}
+
+
+def _feed(state: EngineState, topic: str, source: str, obj: Any, index: int | None, offset: int) -> None:
+    try:
+        if not isinstance(obj, dict):
+            raise Rejected(f"expected a JSON object, got {type(obj).__name__}", reason="schema_violation")
+        event = parse(topic, obj)
+        apply(state, event, Cause(f"whatif:{topic}", 0, offset, getattr(event, "event_id", "")), obj)
+    except Rejected as error:
+        raise WhatIfInputError(source, error, index) from None
+
+
 def whatif(
     listings: Sequence[tuple[str, Any]],
     fills: Sequence[tuple[str, Any]],
@@ -36,33 +106,4 @@ def whatif(
     flashes: Sequence[tuple[str, Any]] = (),
 ) -> dict:
     """Each argument pairs a source name (for error messages) with its decoded JSON."""
-    state = EngineState()
-    offset = 0
-
-    def feed(topic: str, source: str, obj: Any, index: int | None) -> None:
-        nonlocal offset
-        try:
-            if not isinstance(obj, dict):
-                raise Rejected(f"expected a JSON object, got {type(obj).__name__}", reason="schema_violation")
-            event = parse(topic, obj)
-            apply(state, event, Cause(f"whatif:{topic}", 0, offset, getattr(event, "event_id", "")), obj)
-        except Rejected as error:
-            raise WhatIfInputError(source, error, index) from None
-        offset += 1
-
-    for topic, group in ((LISTINGS, listings), (FLASH, flashes)):
-        for source, obj in group:
-            items = _messages(obj)
-            for i, item in enumerate(items):
-                feed(topic, source, item, i if isinstance(obj, list) else None)
-    feed(TICKS, "--at", {"ts": at}, None)
-    for source, obj in fills:
-        if not isinstance(obj, list):
-            raise WhatIfInputError(source, Rejected("expected a JSON list of fills", reason="schema_violation"))
-        for i, item in enumerate(obj):
-            feed(FILLS, source, item, i)
-    accounts = []
-    for account_id in sorted(state.accounts):
-        total, positions = account_risk(state, state.accounts[account_id])
-        accounts.append({"account_id": account_id, "im": money_str(cents_to_decimal(cents_up(total))), "positions": positions})
-    return {"accounts": accounts}
+    return Market(listings, at, flashes).margin(fills)

@@ -28,7 +28,7 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from stream.topics import COLLATERAL, FILLS, FLASH, LISTINGS, REQUIREMENTS, TICKS
+from stream.topics import COLLATERAL, FILLS, FLASH, LISTINGS, TICKS
 
 from .conftest import TSLA, load_example
 from .streaming_support import Cluster, fresh_settings, kafka_bootstrap
@@ -130,14 +130,7 @@ def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys):
             killer.join(timeout=1500)
             assert not killer.is_alive() and killer.error is None, killer.error
 
-            def final_tick_everywhere(outputs) -> bool:
-                parts = {r["cause"]["partition"] for r in outputs.values()}
-                finals = {r["account_id"] for r in outputs.values()
-                          if r["_topic"] == REQUIREMENTS and r["cause"]["id"] == str(_ts_us(FINAL_TICK))}
-                return len(finals) >= 50 and bool(parts)
-
-            cluster.wait_for_outputs(final_tick_everywhere, timeout_s=600, what="the final tick's requirements")
-            outputs = cluster.settle(timeout_s=600)
+            outputs = cluster.settle(timeout_s=900)
             replayed, states = cluster.replayed()
             rows = cluster.table_rows()
             log_entries = len(cluster.read("margin.log", idle_s=2.0))
@@ -159,12 +152,6 @@ def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys):
         got = {k: {f: v for f, v in row.items() if f != "src"} for k, row in rows.get(partition, {}).items()}
         assert got == expected, f"partition {partition}"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def _ts_us(iso: str) -> int:
-    from stream.timeutil import parse_time_us
-
-    return parse_time_us(iso, "ts")
 
 
 def test_scenario_is_large_enough():

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream import model
 from stream.engine import EngineState, account_risk, apply
 from stream.money import cents_to_decimal, cents_up
 from stream.errors import Rejected
@@ -290,11 +291,18 @@ def test_vectorised_fanout_equals_per_account_path(web):
     before = {a: acc.published_im_cents for a, acc in d.state.accounts.items()}
     out = d.tick("2026-06-01T00:00:00Z")
     moved = {a for a, acc in d.state.accounts.items() if acc.published_im_cents != before[a]}
+    assert all(c.book_risk[4] is not None for c in d.state.contracts.values())  # records came from the vectorised pass
     assert len(moved) > 10 and {r["account_id"] for r in _reqs(out)} == moved
     for req in _reqs(out):
         total, positions = account_risk(d.state, d.state.accounts[req["account_id"]])
         assert req["im"] == str(cents_to_decimal(cents_up(total)))
         assert req["positions"] == positions
+        account = d.state.accounts[req["account_id"]]
+        for got in req["positions"]:  # the vectorised pass's dicts, bit for bit the scalar formula's
+            contract, position = d.state.contracts[got["contract_id"]], account.positions[got["contract_id"]]
+            scalar = model.position_risk_dict(contract.contract_id, position.q_float, position.a_float, contract.rv,
+                                              contract.tau, contract.conv_f)
+            assert orjson.dumps(got) == orjson.dumps(scalar)
 
 
 def test_fill_parse_rejects_undecodable():

@@ -1,0 +1,282 @@
+"""One benchmark command: ``python -m bench [--quick] [--no-write]``.
+
+Measures, in one run, on the embedded broker (or ``KAFKA_BOOTSTRAP_SERVERS``):
+
+* ``passthrough_eps``: raw aiokafka consume-and-produce, one output per input, no logic --
+  the limit of this stack;
+* ``faust_floor_eps``: a bare faust agent doing one table write per event -- the framework
+  floor;
+* ``processor_eps``: the real worker, fills published to requirements published (a backlog
+  drained by one worker process);
+* ``p50_ms``/``p99_ms``: fill-to-requirement latency at a fixed offered 1,000 fills/s,
+  timed at an outside consumer;
+
+and in-process:
+
+* ``fanout_positions_per_s``: positions re-margined per second when one tick reaches
+  100,000 positions (10,000 accounts x 10 contracts) -- the vectorised re-margin of every
+  book and the account totals; ``tick_apply_100k_ms`` is the whole ``engine.apply(tick)``
+  including the requirement records of every account that moved;
+* ``whatif_ms``: :func:`stream.whatif.whatif` for one account with 10 positions (10
+  listings, a tick, 10 fills: the what-if command without file reading);
+* ``reestimate_mc_ms``/``reestimate_analytic_ms``: a contract's re-estimation on a flash;
+* ``rss_mb_per_100k_positions``: resident memory of engine state (bench/memory.py, in a fresh
+  process).
+
+The full run adds the processor with 2 worker processes (scale-out) and writes
+``bench/RESULTS.md`` (between its generated-section markers). ``--quick`` finishes in
+about a minute. The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import gc
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from . import stack
+from .core import Fixture, bench_risk_vector, code_version, machine, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+BEGIN, END = "<!-- python -m bench: begin -->", "<!-- python -m bench: end -->"
+
+
+# --------------------------------------------------------------------------- in-process
+def fanout(accounts: int) -> dict:
+    """One tick over ``accounts`` x 10 positions: the re-margin alone, and the whole apply."""
+    from stream import engine
+    from stream.records import Cause, parse
+    from stream.topics import TICKS
+
+    from .memory import build
+
+    state, positions = build(accounts)
+    contracts = list(state.contracts.values())
+    remargin = []
+    for day in range(26, 30):  # a new clock value each time: every book is recomputed
+        state.now_us = parse(TICKS, {"ts": f"2026-04-{day:02d}T00:00:00Z"}).ts_us
+        gc.collect()
+        t0 = time.perf_counter()
+        for contract in contracts:
+            engine._set_time(state, contract)
+            engine._refresh_book(state, contract)
+        import numpy as np
+
+        totals = np.zeros(len(state.accounts))
+        for contract in contracts:
+            book = contract.book
+            totals[book.account_idx[: book.n]] += book.im[: book.n]
+        remargin.append(time.perf_counter() - t0)
+    applies, records = [], 0
+    for i, day in enumerate(range(1, 4)):
+        tick = {"ts": f"2026-05-{day:02d}T00:00:00Z"}
+        gc.collect()
+        t0 = time.perf_counter()
+        _, outputs = engine.apply(state, parse(TICKS, tick), Cause(TICKS, 0, 1_000 + i, tick["ts"]), tick)
+        applies.append(time.perf_counter() - t0)
+        records = len(outputs)
+    best = statistics.median(remargin)
+    return {"positions": positions, "remargin_ms": best * 1e3, "positions_per_s": positions / best,
+            "tick_apply_ms": statistics.median(applies) * 1e3, "tick_records": records}
+
+
+def whatif_latency(n: int) -> dict:
+    """``Market.margin`` (contracts prepared once, the request's 10 fills applied and the
+    account re-margined) and, for reference, the one-shot ``whatif`` that also estimates
+    the 10 contracts."""
+    from stream.whatif import Market, whatif
+
+    from .core import listing_raws
+
+    raws = listing_raws()
+    account_fills = [{"trade_id": f"W{i}", "account_id": "ACME", "contract_id": r["contract_id"], "side": "BUY",
+                      "price": (r["lower"] + r["upper"]) / 2, "notional": 10_000, "ts": "2026-04-21T09:30:00Z"}
+                     for i, r in enumerate(raws)]
+    listings, fills, at = [("listings.json", raws)], [("fills.json", account_fills)], "2026-04-25T00:00:00Z"
+    market = Market(listings, at)
+    assert market.margin(fills) == whatif(listings, fills, at)
+    assert len(market.margin(fills)["accounts"][0]["positions"]) == 10
+
+    def timed(fn, reps: int) -> dict:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return _ms(summarize(times))
+
+    return {"request": timed(lambda: market.margin(fills), n), "one_shot": timed(lambda: whatif(listings, fills, at), n // 4)}
+
+
+def _ms(summary: dict) -> dict:
+    """bench.core's summary (microseconds) in milliseconds."""
+    return {k.replace("_us", "_ms"): (v / 1e3 if k.endswith("_us") else v) for k, v in summary.items()}
+
+
+def memory(accounts: int) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.memory", "--accounts", str(accounts)], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    return orjson.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- broker
+async def broker_figures(bootstrap: str, quick: bool, log_dir: Path) -> dict:
+    tag = str(int(time.time()))
+    n_pass = 20_000 if quick else 100_000
+    n_floor = 5_000 if quick else 20_000
+    n_proc = 5_000 if quick else 30_000
+    latency_s = 5 if quick else 30
+    figures: dict = {}
+    settings = stack.bench_settings(bootstrap, tag)
+    figures["passthrough"] = await stack.passthrough(settings, n_pass)
+    figures["faust_floor"] = await stack.faust_floor(settings, n_floor, log_dir)
+    figures["processor"] = await stack.processor(stack.bench_settings(bootstrap, tag + "p1"), n_proc, 1_000.0, latency_s,
+                                                 workers=1, log_dir=log_dir)
+    if not quick:
+        figures["processor_2_workers"] = await stack.processor(stack.bench_settings(bootstrap, tag + "p2"), n_proc, 1_000.0,
+                                                               latency_s, workers=2, log_dir=log_dir, measure_latency=False)
+    return figures
+
+
+def run(quick: bool) -> dict:
+    from stream.broker import EmbeddedBroker
+    from stream.settings import Settings
+
+    started = time.perf_counter()
+    log_dir = Path(tempfile.mkdtemp(prefix="kpimargin-bench-logs-"))
+    result: dict = {"quick": quick, "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "machine": machine(), "code": code_version()}
+    base = Settings.from_env()
+    broker = None if base.bootstrap_servers else EmbeddedBroker().start()
+    try:
+        bootstrap = base.bootstrap_servers or broker.bootstrap
+        result["broker"] = "KAFKA_BOOTSTRAP_SERVERS" if base.bootstrap_servers else "embedded Tansu"
+        result["stack"] = asyncio.run(broker_figures(bootstrap, quick, log_dir))
+    finally:
+        if broker is not None:
+            broker.stop()
+    fx = Fixture()
+    result["reestimate_mc"] = _ms(summarize(bench_risk_vector(fx, "mc", 200 if quick else 2_000, warmup=20)))
+    result["reestimate_analytic"] = _ms(summarize(bench_risk_vector(fx, "analytic", 50 if quick else 500, warmup=5)))
+    result["whatif"] = whatif_latency(100 if quick else 1_000)
+    result["fanout"] = fanout(10_000)
+    result["memory"] = memory(5_000 if quick else 10_000)
+    result["seconds"] = time.perf_counter() - started
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return result
+
+
+def headline(r: dict) -> dict:
+    s = r["stack"]
+    proc = s["processor"]
+    out = {
+        "passthrough_eps": round(s["passthrough"]["eps"]),
+        "faust_floor_eps": round(s["faust_floor"]["eps"]),
+        "processor_eps": round(proc["eps"]),
+        "p50_ms": round(proc["latency"]["p50_ms"], 2),
+        "p99_ms": round(proc["latency"]["p99_ms"], 2),
+        "fanout_positions_per_s": round(r["fanout"]["positions_per_s"]),
+        "whatif_ms": round(r["whatif"]["request"]["median_ms"], 3),
+        "reestimate_mc_ms": round(r["reestimate_mc"]["median_ms"], 3),
+        "reestimate_analytic_ms": round(r["reestimate_analytic"]["median_ms"], 3),
+        "rss_mb_per_100k_positions": r["memory"]["rss_mb_per_100k_positions"],
+        "processor_share_of_passthrough": round(proc["eps"] / s["passthrough"]["eps"], 3),
+        "tick_apply_100k_ms": round(r["fanout"]["tick_apply_ms"], 1),
+    }
+    if "processor_2_workers" in s:
+        out["processor_2_workers_eps"] = round(s["processor_2_workers"]["eps"])
+    return out
+
+
+def markdown(r: dict, command: str) -> str:
+    h = headline(r)
+    s = r["stack"]
+    m = r["machine"]
+    lat = s["processor"]["latency"]
+    rows = [
+        ("(a) raw aiokafka pass-through (consume + produce, no logic)", f"{h['passthrough_eps']:,} events/s",
+         f"{s['passthrough']['events']:,} events"),
+        ("(b) faust agent, one table write per event (framework floor)", f"{h['faust_floor_eps']:,} events/s",
+         f"{s['faust_floor']['events']:,} events"),
+        ("(c) processor, 1 worker: fill in to requirement published", f"{h['processor_eps']:,} events/s",
+         f"{s['processor']['events']:,} fills, {h['processor_share_of_passthrough']:.0%} of (a)"),
+    ]
+    if "processor_2_workers" in s:
+        rows.append(("(c') processor, 2 worker processes", f"{h['processor_2_workers_eps']:,} events/s",
+                     f"{s['processor_2_workers']['events']:,} fills"))
+    rows += [
+        (f"fill-to-requirement latency at {lat['rate']:,.0f} fills/s offered", f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms",
+         f"{lat['measured']:,} fills, max {lat['max_ms']:.1f} ms"),
+        ("fan-out: one tick re-margins 100,000 positions", f"{h['fanout_positions_per_s']:,} positions/s",
+         f"{r['fanout']['remargin_ms']:.1f} ms; whole apply with {r['fanout']['tick_records']:,} records "
+         f"{h['tick_apply_100k_ms']} ms"),
+        ("what-if, one account with 10 positions (contracts prepared)", f"{h['whatif_ms']} ms",
+         f"median; p99 {r['whatif']['request']['p99_ms']:.3f} ms; one-shot incl. estimating the 10 contracts "
+         f"{r['whatif']['one_shot']['median_ms']:.2f} ms"),
+        ("re-estimation on a flash, mc (draws cached)", f"{h['reestimate_mc_ms']} ms", "median"),
+        ("re-estimation on a flash, analytic", f"{h['reestimate_analytic_ms']} ms", "median"),
+        ("resident memory of engine state", f"{h['rss_mb_per_100k_positions']} MB per 100,000 positions",
+         f"{r['memory']['positions']:,} positions built"),
+    ]
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    return f"""{BEGIN}
+## `python -m bench` (generated by the full run)
+
+- **Command:** `{command}`
+- **Date:** {r['date_utc']}; code `{r['code'].get('git_head')}` (core digest {r['code'].get('core_sha256_12')}); broker: {r['broker']}; run time {r['seconds']:.0f} s.
+- **Machine:** {m.get('platform')}, {m.get('cpu_model')}, {m.get('cpu_count')} vCPUs, Python {m.get('python')}, numpy {m.get('numpy')}.
+  Broker, worker(s) and the load generator share the machine's cores.
+
+| measure | figure | notes |
+|---|---|---|
+{table}
+
+Last line of the run:
+
+```json
+{orjson.dumps(h).decode()}
+```
+{END}"""
+
+
+def write_results(r: dict, command: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    section = markdown(r, command)
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + section + tail
+    else:
+        title, _, body = text.partition("\n")
+        text = f"{title}\n\n{section}\n{body}"
+    RESULTS.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, about a minute; writes nothing")
+    parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    r = run(args.quick)
+    print(orjson.dumps(r, option=orjson.OPT_INDENT_2).decode())
+    if not args.quick and not args.no_write:
+        write_results(r, "python -m bench")
+        print(f"wrote {RESULTS}", file=sys.stderr)
+    print(orjson.dumps(headline(r)).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Broker-side measurements of ``python -m bench``: the stack's limit, the framework's floor
+and the processor, side by side on one broker in one run.
+
+(a) ``passthrough``: raw aiokafka consume-and-produce, one output per input, no logic.
+(b) ``faust_floor``: a bare faust agent doing one table write per event (bench/faust_floor.py).
+(c) ``processor``: the real worker, fill published to requirement published.
+(d) ``latency``: fill-to-requirement latency at a fixed offered rate.
+
+Every figure is measured on messages pre-generated before the clock starts; throughput runs
+drain a backlog (the input is published first), so they measure the consumer, not the
+publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stream.cli_stream import start_worker_process, stop_process
+from stream.kafka import client_kwargs, ensure_topics, key_for
+from stream.settings import Settings
+from stream.topics import FILLS, LISTINGS, REQUIREMENTS, TICKS
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "stream" / "examples"
+FILL_DAY = "2026-04-03T12:00:00Z"
+ACCOUNTS = 1_000
+
+
+def _listings() -> list[dict]:
+    return [orjson.loads((EXAMPLES / name).read_bytes()) for name in ("tsla_listing.json", "web_listing.json")]
+
+
+def fills(n: int, tag: str, seed: int = 1) -> list[dict]:
+    """``n`` new fills over ``ACCOUNTS`` accounts and the two example contracts."""
+    rnd = random.Random(seed)
+    contracts = [(raw["contract_id"], raw["lower"], raw["upper"]) for raw in _listings()]
+    out = []
+    for i in range(n):
+        cid, lower, upper = contracts[i % 2]
+        price = rnd.randrange(int(lower), int(upper)) if upper > 1000 else round(rnd.uniform(lower, upper), 2)
+        out.append({"trade_id": f"{tag}-{i}", "account_id": f"B{rnd.randrange(ACCOUNTS):04d}", "contract_id": cid,
+                    "side": rnd.choice(("BUY", "SELL")), "price": price, "notional": rnd.randint(100, 20_000),
+                    "ts": FILL_DAY})
+    return out
+
+
+async def create_topics(settings: Settings, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, num_partitions=settings.partitions, replication_factor=1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def produce_all(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5, max_batch_size=262_144)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _fill_records(items: list[dict]) -> list[tuple[bytes | None, bytes]]:
+    return [(key_for(FILLS, f), orjson.dumps(f)) for f in items]
+
+
+# --------------------------------------------------------------------------- (a) pass-through
+async def passthrough(settings: Settings, n: int) -> dict:
+    """Consume ``n`` pre-published fills and produce one message per input (acks=all, the
+    processor's producer settings), timing from the first fetch to the final flush."""
+    src, dst = settings.topic("bench.pass.in"), settings.topic("bench.pass.out")
+    await create_topics(settings, [src, dst])
+    await produce_all(settings, src, _fill_records(fills(n, "P")))
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=settings.fetch_max_wait_ms, max_partition_fetch_bytes=4 << 20)
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=settings.producer_linger_ms)
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [TopicPartition(src, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        done = 0
+        t0 = time.perf_counter()
+        while done < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5_000)
+            if not batch and time.perf_counter() - t0 > 120:
+                raise TimeoutError(f"pass-through read {done} of {n}")
+            for records in batch.values():
+                for record in records:
+                    await producer.send(dst, record.value, key=record.key)
+                    done += 1
+        await producer.flush()
+        elapsed = time.perf_counter() - t0
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return {"events": n, "seconds": elapsed, "eps": n / elapsed}
+
+
+# --------------------------------------------------------------------------- (b) faust floor
+async def faust_floor(settings: Settings, n: int, log_dir: Path) -> dict:
+    topic = settings.topic("bench.floor.in")
+    await create_topics(settings, [topic])
+    await produce_all(settings, topic, _fill_records(fills(n, "F")))
+    out = log_dir / "floor.json"
+    env = {**os.environ, **replace(settings, app_id=settings.app_id + "-floor").env(),
+           "BENCH_TOPIC": topic, "BENCH_N": str(n), "BENCH_OUT": str(out)}
+    with open(log_dir / "floor.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.faust_floor"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + 180
+        while not out.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"faust floor exited {proc.returncode}; see {log_dir / 'floor.log'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("faust floor did not finish")
+            await asyncio.sleep(0.1)
+        result = orjson.loads(out.read_bytes())
+    finally:
+        stop_process(proc)
+    elapsed = result["last"] - result["first"]
+    return {"events": n, "seconds": elapsed, "eps": n / elapsed}
+
+
+# --------------------------------------------------------------------------- (c, d) processor
+class RequirementReader:
+    """Reads margin.requirements in the background; records when each fill's requirement
+    arrived (``time.time()`` at the reader) and the broker timestamp of the record."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.arrived: dict[str, float] = {}
+        self._stop = False
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None, enable_auto_commit=False,
+                                    fetch_max_wait_ms=5, max_partition_fetch_bytes=4 << 20)
+        await consumer.start()
+        try:
+            name = self.settings.topic(REQUIREMENTS)
+            tps = [TopicPartition(name, p) for p in range(self.settings.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while not self._stop:
+                batch = await consumer.getmany(timeout_ms=50, max_records=5_000)
+                now = time.time()
+                for records in batch.values():
+                    for record in records:
+                        cause = orjson.loads(record.value)["cause"]
+                        if cause["topic"] == FILLS:
+                            self.arrived.setdefault(cause["id"], now)
+        finally:
+            await consumer.stop()
+
+    def start(self) -> "RequirementReader":
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        self._stop = True
+        if self._task is not None:
+            await self._task
+
+    async def wait_for(self, ids: set[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ids <= self.arrived.keys():
+            if self._task is not None and self._task.done():
+                self._task.result()
+            if time.monotonic() > deadline:
+                missing = len(ids - self.arrived.keys())
+                raise TimeoutError(f"{missing} of {len(ids)} requirements never arrived")
+            await asyncio.sleep(0.02)
+
+
+def expected_requirements(items: list[dict], settings: Settings) -> set[str]:
+    """The trade ids whose fill publishes a requirement (IM or equity moves by a cent),
+    computed by the pure core on the same log the worker will see."""
+    from stream.engine import EngineState, apply
+    from stream.records import Cause, parse
+
+    state = EngineState(config=settings.engine_config())
+    for raw in _listings():
+        apply(state, parse(LISTINGS, raw), Cause(LISTINGS, 0, 0, raw["contract_id"]), raw)
+    apply(state, parse(TICKS, {"ts": FILL_DAY}), Cause(TICKS, 0, 0, FILL_DAY))
+    ids = set()
+    for i, raw in enumerate(items):
+        _, outputs = apply(state, parse(FILLS, raw), Cause(FILLS, 0, i, raw["trade_id"]), raw)
+        if any(o.topic == REQUIREMENTS for o in outputs):
+            ids.add(raw["trade_id"])
+    return ids
+
+
+async def _setup_processor(settings: Settings) -> None:
+    await ensure_topics(settings)
+    await produce_all(settings, settings.topic(LISTINGS), [(key_for(LISTINGS, r), orjson.dumps(r)) for r in _listings()])
+    tick = {"ts": FILL_DAY}
+    await produce_all(settings, settings.topic(TICKS), [(key_for(TICKS, tick), orjson.dumps(tick))])
+
+
+async def processor(settings: Settings, n: int, rate: float, latency_s: float, workers: int, log_dir: Path,
+                    measure_latency: bool = True) -> dict:
+    """Start ``workers`` worker processes; warm up; measure latency at ``rate`` fills/s for
+    ``latency_s`` seconds (if asked); then throughput on a backlog of ``n`` fills."""
+    await _setup_processor(settings)
+    procs = [start_worker_process(settings, log_dir / f"worker-{settings.app_id}-{i}.log") for i in range(workers)]
+    reader = RequirementReader(settings).start()
+    result: dict = {"workers": workers}
+    try:
+        # warm-up: the group has formed and every partition has loaded its state
+        warm = fills(400, "W", seed=2)
+        await produce_all(settings, settings.topic(FILLS), _fill_records(warm))
+        await reader.wait_for(expected_requirements(warm, settings) & {w["trade_id"] for w in warm[-50:]}, 180)
+        if measure_latency:
+            result["latency"] = await _latency(settings, reader, rate, latency_s)
+        backlog = fills(n, "T", seed=3)
+        want = expected_requirements(backlog, settings)
+        records = _fill_records(backlog)
+        t0 = time.time()
+        await produce_all(settings, settings.topic(FILLS), records)
+        published_s = time.time() - t0
+        await reader.wait_for(want, 600)
+        t_end = max(reader.arrived[i] for i in want)
+        elapsed = t_end - t0
+        result.update(events=n, requirements=len(want), seconds=elapsed, eps=n / elapsed, publish_seconds=published_s)
+    finally:
+        await reader.stop()
+        for proc in procs:
+            stop_process(proc)
+    return result
+
+
+async def _latency(settings: Settings, reader: RequirementReader, rate: float, seconds: float) -> dict:
+    """Publish fills at ``rate`` per second (each sent on its own schedule, no batching
+    beyond the producer's 0 ms linger) and time each until its requirement arrives."""
+    items = fills(int(rate * seconds), "L", seed=4)
+    want = expected_requirements(items, settings)
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks=1, linger_ms=0)
+    await producer.start()
+    sent: dict[str, float] = {}
+    try:
+        t0 = time.monotonic()
+        for i, item in enumerate(items):
+            due = t0 + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the offered rate's schedule
+            sent[item["trade_id"]] = time.time()
+            await producer.send(settings.topic(FILLS), orjson.dumps(item), key=key_for(FILLS, item))
+        await producer.flush()
+        offered_s = time.monotonic() - t0
+    finally:
+        await producer.stop()
+    await reader.wait_for(want, 120)
+    lat = sorted((reader.arrived[i] - sent[i]) * 1000 for i in want)
+    return {"rate": rate, "offered_rate": len(items) / offered_s, "fills": len(items), "measured": len(lat),
+            "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1]}
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def bench_settings(bootstrap: str, tag: str, **overrides) -> Settings:
+    base = Settings.from_env({**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+    data = tempfile.mkdtemp(prefix="kpimargin-bench-")
+    return replace(base, app_id=f"bench-{tag}", topic_prefix=f"b{tag}.", session_timeout_s=6.0, data_dir=data,
+                   log_level="info", **overrides)
