@@ -4,7 +4,8 @@
 
 Starts the embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``) and one worker, lists two
 contracts, then publishes fills at a fixed rate for the given time, with a clock tick every
-minute. Every 10 s it samples the worker's resident memory (``/proc/PID/status``) and the
+10 s that advances event time by one day (fills carry the current day), so the 7-day dedup
+horizon is crossed after about 70 s and memory should stop growing. Every 10 s it samples the worker's resident memory (``/proc/PID/status``) and the
 consumer lag on the ordered log (log entries written minus offsets the worker committed).
 Prints one line per sample and a final JSON summary.
 """
@@ -28,6 +29,13 @@ from stream.demo import load_scenario, publish_phases
 from stream.kafka import client_kwargs, ensure_topics, key_for
 from stream.settings import Settings
 from stream.topics import FILLS, LOG, TICKS
+
+
+def _day(day: int) -> str:
+    """Event time: 2026-04-03 plus ``day`` days."""
+    import datetime as dt
+
+    return (dt.datetime(2026, 4, 3, tzinfo=dt.timezone.utc) + dt.timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def rss_mb(pid: int) -> float:
@@ -60,7 +68,7 @@ async def soak(settings: Settings, rate: float, minutes: float, accounts: int, w
     samples = []
     sent = 0
     next_sample = start
-    next_tick = start + 60
+    next_tick = start + 10
     day = 0
     try:
         while time.monotonic() - start < minutes * 60:
@@ -70,16 +78,16 @@ async def soak(settings: Settings, rate: float, minutes: float, accounts: int, w
                 fill = {"trade_id": f"S{sent}", "account_id": f"A{rnd.randrange(accounts)}",
                         "contract_id": "TSLA-Q2-2026-DELIVERIES", "side": rnd.choice(("BUY", "SELL")),
                         "price": rnd.randrange(300000, 600000), "notional": rnd.randint(100, 10000),
-                        "ts": "2026-04-03T00:00:00Z"}
+                        "ts": _day(day)}
                 await producer.send(settings.topic(FILLS), orjson.dumps(fill), key=key_for(FILLS, fill))
                 sent += 1
                 log_written += 1
             if now >= next_tick:
                 day += 1
-                tick = {"ts": f"2026-04-{3 + day:02d}T00:00:00Z"}
+                tick = {"ts": _day(day)}
                 await producer.send(settings.topic(TICKS), orjson.dumps(tick), key=key_for(TICKS, tick))
                 log_written += settings.partitions
-                next_tick += 60
+                next_tick += 10
             if now >= next_sample:
                 lag = log_written - await committed_total(settings)
                 sample = {"t_s": round(now - start), "sent": sent, "lag": lag, "rss_mb": round(rss_mb(worker_pid), 1)}

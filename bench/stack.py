@@ -190,48 +190,59 @@ class RequirementReader:
             await asyncio.sleep(0.02)
 
 
-def expected_requirements(items: list[dict], settings: Settings) -> set[str]:
-    """The trade ids whose fill publishes a requirement (IM or equity moves by a cent),
-    computed by the pure core on the same log the worker will see."""
-    from stream.engine import EngineState, apply
-    from stream.records import Cause, parse
+class Expected:
+    """The pure core fed the same fills as the worker (in publication order, which is each
+    account's order): which trade ids publish a requirement (IM or equity moved a cent)."""
 
-    state = EngineState(config=settings.engine_config())
-    for raw in _listings():
-        apply(state, parse(LISTINGS, raw), Cause(LISTINGS, 0, 0, raw["contract_id"]), raw)
-    apply(state, parse(TICKS, {"ts": FILL_DAY}), Cause(TICKS, 0, 0, FILL_DAY))
-    ids = set()
-    for i, raw in enumerate(items):
-        _, outputs = apply(state, parse(FILLS, raw), Cause(FILLS, 0, i, raw["trade_id"]), raw)
-        if any(o.topic == REQUIREMENTS for o in outputs):
-            ids.add(raw["trade_id"])
-    return ids
+    def __init__(self, settings: Settings):
+        from stream.engine import EngineState, apply
+        from stream.records import Cause, parse
+
+        self._apply, self._parse, self._cause = apply, parse, Cause
+        self.state = EngineState(config=settings.engine_config())
+        self.offset = 0
+        for raw in _listings():
+            apply(self.state, parse(LISTINGS, raw), Cause(LISTINGS, 0, 0, raw["contract_id"]), raw)
+        apply(self.state, parse(TICKS, {"ts": FILL_DAY}), Cause(TICKS, 0, 0, FILL_DAY))
+
+    def requirements(self, items: list[dict]) -> set[str]:
+        ids = set()
+        for raw in items:
+            self.offset += 1
+            _, outputs = self._apply(self.state, self._parse(FILLS, raw), self._cause(FILLS, 0, self.offset, raw["trade_id"]), raw)
+            if any(o.topic == REQUIREMENTS for o in outputs):
+                ids.add(raw["trade_id"])
+        return ids
 
 
 async def _setup_processor(settings: Settings) -> None:
-    await ensure_topics(settings)
-    await produce_all(settings, settings.topic(LISTINGS), [(key_for(LISTINGS, r), orjson.dumps(r)) for r in _listings()])
-    tick = {"ts": FILL_DAY}
-    await produce_all(settings, settings.topic(TICKS), [(key_for(TICKS, tick), orjson.dumps(tick))])
+    """List the contracts and set the clock, waiting until the worker's ordered log holds
+    them (a fill routed before its listing would be dead-lettered as unknown_contract)."""
+    from stream.demo import publish_phases
+
+    await publish_phases(settings, [{"title": "listings", "topic": LISTINGS, "messages": _listings()},
+                                    {"title": "tick", "topic": TICKS, "messages": [{"ts": FILL_DAY}]}], timeout_s=180)
 
 
 async def processor(settings: Settings, n: int, rate: float, latency_s: float, workers: int, log_dir: Path,
                     measure_latency: bool = True) -> dict:
     """Start ``workers`` worker processes; warm up; measure latency at ``rate`` fills/s for
     ``latency_s`` seconds (if asked); then throughput on a backlog of ``n`` fills."""
-    await _setup_processor(settings)
+    await ensure_topics(settings)
     procs = [start_worker_process(settings, log_dir / f"worker-{settings.app_id}-{i}.log") for i in range(workers)]
     reader = RequirementReader(settings).start()
     result: dict = {"workers": workers}
     try:
+        await _setup_processor(settings)
         # warm-up: the group has formed and every partition has loaded its state
+        expected = Expected(settings)
         warm = fills(400, "W", seed=2)
         await produce_all(settings, settings.topic(FILLS), _fill_records(warm))
-        await reader.wait_for(expected_requirements(warm, settings) & {w["trade_id"] for w in warm[-50:]}, 180)
+        await reader.wait_for(expected.requirements(warm), 180)
         if measure_latency:
-            result["latency"] = await _latency(settings, reader, rate, latency_s)
+            result["latency"] = await _latency(settings, reader, rate, latency_s, expected)
         backlog = fills(n, "T", seed=3)
-        want = expected_requirements(backlog, settings)
+        want = expected.requirements(backlog)
         records = _fill_records(backlog)
         t0 = time.time()
         await produce_all(settings, settings.topic(FILLS), records)
@@ -247,11 +258,11 @@ async def processor(settings: Settings, n: int, rate: float, latency_s: float, w
     return result
 
 
-async def _latency(settings: Settings, reader: RequirementReader, rate: float, seconds: float) -> dict:
+async def _latency(settings: Settings, reader: RequirementReader, rate: float, seconds: float, expected: Expected) -> dict:
     """Publish fills at ``rate`` per second (each sent on its own schedule, no batching
     beyond the producer's 0 ms linger) and time each until its requirement arrives."""
     items = fills(int(rate * seconds), "L", seed=4)
-    want = expected_requirements(items, settings)
+    want = expected.requirements(items)
     producer = AIOKafkaProducer(**client_kwargs(settings), acks=1, linger_ms=0)
     await producer.start()
     sent: dict[str, float] = {}
