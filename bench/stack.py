@@ -225,7 +225,7 @@ async def _setup_processor(settings: Settings) -> None:
 
 
 async def processor(settings: Settings, n: int, rate: float, latency_s: float, workers: int, log_dir: Path,
-                    measure_latency: bool = True) -> dict:
+                    measure_latency: bool = True, extra_latency_rate: float | None = None) -> dict:
     """Start ``workers`` worker processes; warm up; measure latency at ``rate`` fills/s for
     ``latency_s`` seconds (if asked); then throughput on a backlog of ``n`` fills."""
     await ensure_topics(settings)
@@ -239,6 +239,8 @@ async def processor(settings: Settings, n: int, rate: float, latency_s: float, w
         warm = fills(400, "W", seed=2)
         await produce_all(settings, settings.topic(FILLS), _fill_records(warm))
         await reader.wait_for(expected.requirements(warm), 180)
+        if extra_latency_rate:  # a rate the worker sustains: the pipeline's own latency
+            result["latency_unsaturated"] = await _latency(settings, reader, extra_latency_rate, latency_s, expected, "U")
         if measure_latency:
             result["latency"] = await _latency(settings, reader, rate, latency_s, expected)
         backlog = fills(n, "T", seed=3)
@@ -258,10 +260,11 @@ async def processor(settings: Settings, n: int, rate: float, latency_s: float, w
     return result
 
 
-async def _latency(settings: Settings, reader: RequirementReader, rate: float, seconds: float, expected: Expected) -> dict:
+async def _latency(settings: Settings, reader: RequirementReader, rate: float, seconds: float, expected: Expected,
+                   tag: str = "L") -> dict:
     """Publish fills at ``rate`` per second (each sent on its own schedule, no batching
     beyond the producer's 0 ms linger) and time each until its requirement arrives."""
-    items = fills(int(rate * seconds), "L", seed=4)
+    items = fills(int(rate * seconds), tag, seed=4)
     want = expected.requirements(items)
     producer = AIOKafkaProducer(**client_kwargs(settings), acks=1, linger_ms=0)
     await producer.start()

@@ -173,9 +173,15 @@ class Cluster:
         """One past the last offset actually read from every partition of ``topics`` (not
         ListOffsets: the embedded broker can report end offsets late)."""
         ends = {(t, p): 0 for t in topics for p in range(self.settings.partitions)}
-        for topic in topics:
-            for p, offset, _v in self.read(topic, idle_s=1.0):
+
+        async def one(topic: str) -> None:
+            async for p, offset, _t, _k, _v in read_topic(self.settings, topic, idle_timeout_s=1.0):
                 ends[(topic, p)] = max(ends[(topic, p)], offset + 1)
+
+        async def run() -> None:
+            await asyncio.gather(*(one(t) for t in topics))  # the topics side by side: one idle wait
+
+        asyncio.run(run())
         return ends
 
     def wait_consumed(self, timeout_s: float = 90.0) -> None:
