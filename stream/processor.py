@@ -158,9 +158,10 @@ def create_app(settings: Settings) -> faust.App:
                     partitions, settings.max_message_bytes,
                 )
                 if rejected is not None:
-                    await publish([rejected])
+                    (await send(out_names[rejected.topic], rejected.key.encode(),
+                                orjson.dumps(rejected.value))).add_done_callback(routed)
                 for p, key, record in entries:
-                    await send(log_name, key, record, p)
+                    (await send(log_name, key, record, p)).add_done_callback(routed)
         except asyncio.CancelledError:
             raise  # shutdown
         except BaseException:
@@ -193,18 +194,27 @@ def create_app(settings: Settings) -> faust.App:
     async def catch_up(p: int, resume_offset: int) -> None:
         """Read the changelog partition ourselves until it holds the batch that ends just
         before ``resume_offset``. Needed when faust's recovery stopped at a stale high
-        watermark (seen with the embedded broker, whose end offsets can lag)."""
+        watermark (seen with the embedded broker, whose end offsets can lag). The embedded
+        broker has also been seen not to serve a partition's last records until something
+        more is written to it: after a quiet read, a tombstone ``p|nudge`` is written to
+        the partition and the read goes on (a tombstone is no row: it changes no state)."""
         changelog = replace(settings, topic_prefix="")
         name = table.changelog_topic.get_topic_name()
         deadline = time.monotonic() + 60
-        async for partition, _o, _t, key, value in read_topic(changelog, name, idle_timeout_s=10.0):
-            if partition != p or key is None:
-                continue
-            table.data[key] = value
-            if key == row_key(p, "meta") and value is not None and orjson.loads(value)["log_offset"] + 1 >= resume_offset:
-                return
-            if time.monotonic() > deadline:
-                break
+        nudge = row_key(p, "nudge")
+        positions: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            async for partition, offset, _t, key, value in read_topic(changelog, name, idle_timeout_s=2.0,
+                                                                     start=positions):
+                positions[partition] = offset + 1
+                if partition != p or key is None or key == nudge:
+                    continue
+                table.data[key] = value
+                if key == row_key(p, "meta") and value is not None and orjson.loads(value)["log_offset"] + 1 >= resume_offset:
+                    return
+            log.warning("partition %d: changelog quiet before log offset %d; writing a tombstone to move it on",
+                        p, resume_offset - 1)
+            await (await app.producer.send(name, nudge, None, p, None, None))
         raise RuntimeError(f"partition {p}: changelog does not reach log offset {resume_offset - 1}")
 
     async def load(p: int, resume_offset: int) -> PartitionWork:
@@ -240,25 +250,47 @@ def create_app(settings: Settings) -> faust.App:
     out_names = {name: settings.topic(name) for name in OUTPUT_TOPICS}
     log_name = settings.topic(LOG)
 
-    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
-        """Hand one record to the producer (no wait for the broker: ``flush`` does that).
-        Straight to faust's producer: its Topic/Channel layer costs ~400 µs a record."""
-        await app.producer.send(topic, key, value, partition, None, None)
+    in_flight: list = []  # delivery futures of the current batch, checked before its acks
+
+    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None):
+        """Hand one record to the producer (no wait for the broker: ``flush`` does that);
+        return its delivery future. Straight to faust's producer: its Topic/Channel layer
+        costs ~400 µs a record."""
+        return await app.producer.send(topic, key, value, partition, None, None)
 
     async def publish(outputs: list[Output]) -> None:
         for out in outputs:
-            await send(out_names[out.topic], out.key.encode(), orjson.dumps(out.value))
+            in_flight.append(await send(out_names[out.topic], out.key.encode(), orjson.dumps(out.value)))
+
+    def routed(future) -> None:
+        """Done-callback of the router's sends: a record the broker refused (after the
+        producer's retries) must not be followed by the commit of its input offset."""
+        if not future.cancelled() and future.exception() is not None:
+            log.critical("a log record was not delivered: %r; exiting before its input offset is committed",
+                         future.exception())
+            logging.shutdown()
+            os._exit(70)
+
+    async def flushed() -> None:
+        """Flush the producer, then raise if any record of this batch was not delivered
+        (aiokafka's flush waits for every send but does not report failures)."""
+        await app.producer.flush()
+        failed = [f.exception() for f in in_flight if f.done() and not f.cancelled() and f.exception() is not None]
+        pending = [f for f in in_flight if not f.done()]
+        in_flight.clear()
+        if failed or pending:
+            raise RuntimeError(f"{len(failed)} records not delivered ({failed[:1]!r}), {len(pending)} still pending")
 
     changelog_name = table.changelog_topic.get_topic_name()
 
     async def put_row(p: int, key: bytes, value: bytes) -> None:
         """Write one state row: into the table's store, and to its changelog partition
-        straight through the producer that faust flushes before every offset commit.
+        straight through the producer, the delivery checked before the batch is acked.
         Not ``table[key] = value``: faust queues those in a buffer whose flush gives up
         after 100 ms, so offsets could be committed before the rows were sent (seen:
         state lost across a SIGKILL)."""
         table.data[key] = value
-        await app.producer.send(changelog_name, key, value, p, None, None)
+        in_flight.append(await app.producer.send(changelog_name, key, value, p, None, None))
 
     async def flush(stream) -> None:
         """End the batch of every partition: outputs acked, then rows written, then acks."""
@@ -267,13 +299,14 @@ def create_app(settings: Settings) -> faust.App:
             return
         started = {p: epochs.get(p, 0) for p in busy}
         t0 = time.perf_counter()
-        await app.producer.flush()
+        await flushed()  # every output of the batch delivered
         t1 = time.perf_counter()
         stats["flush_s"] += t1 - t0
         stats["batches"] += 1
         batches_done[0] += 1
         maybe_die("after_outputs")  # outputs acknowledged, state not yet written
         assignment = app.consumer.assignment()
+        to_ack = []
         for p, w in busy.items():
             events, w.pending = w.pending, []
             if epochs.get(p, 0) != started[p] or events[-1].message.tp not in assignment:
@@ -287,9 +320,11 @@ def create_app(settings: Settings) -> faust.App:
                 await put_row(p, row_key(p, "meta"), orjson.dumps({"log_offset": events[-1].message.offset}))
             finally:
                 _current_event.reset(token)
-            maybe_die("after_rows")  # state written, offsets not yet acked or committed
-            for ev in events:
-                await stream.ack(ev)
+            to_ack.extend(events)
+        await flushed()  # every row delivered before any event of the batch is acked
+        maybe_die("after_rows")  # state written, offsets not yet acked or committed
+        for ev in to_ack:
+            await stream.ack(ev)
         stats["persist_s"] += time.perf_counter() - t1
 
     @app.agent(log_topic, name="apply_log")
@@ -347,7 +382,8 @@ def run_worker(settings: Settings) -> None:
 
     @app.task
     async def install_task_dump() -> None:
-        """SIGUSR1 prints every asyncio task's stack to stderr (diagnosing a stuck worker)."""
+        """SIGUSR1 prints every asyncio task's stack to stderr (diagnosing a stuck worker);
+        SIGTERM and SIGINT exit at once (see ``stop_now``)."""
         import asyncio
         import signal
         import sys
@@ -364,6 +400,20 @@ def run_worker(settings: Settings) -> None:
             sys.stderr.flush()
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+
+        def stop_now() -> None:
+            """SIGTERM/SIGINT: stop the way a crash does, not through faust's shutdown.
+            faust's graceful stop was seen to commit log offsets past the last persisted
+            batch (the restarted worker found its changelog behind the committed offset),
+            whereas a hard exit is exactly the case the crash tests prove: everything not
+            committed is re-applied on restart, idempotently. The cost is that the group
+            notices the member is gone only after the session timeout."""
+            log.warning("stopping: exiting now; uncommitted events are re-applied by the next worker")
+            logging.shutdown()
+            os._exit(0)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop_now)
 
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
