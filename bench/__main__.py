@@ -42,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from . import stack
@@ -71,8 +72,6 @@ def fanout(accounts: int) -> dict:
         for contract in contracts:
             engine._set_time(state, contract)
             engine._refresh_book(state, contract)
-        import numpy as np
-
         totals = np.zeros(len(state.accounts))
         for contract in contracts:
             book = contract.book

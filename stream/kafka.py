@@ -125,7 +125,6 @@ async def read_topic(
     idle_timeout_s: float | None = 5.0,
     stop: Callable[[], bool] | None = None,
     reconnect_idle_s: float = 1.5,
-    start: dict[int, int] | None = None,
 ) -> AsyncIterator[tuple[int, int, int, bytes | None, bytes | None]]:
     """Yield ``(partition, offset, timestamp_ms, key, value)`` from every partition of a
     (logical) topic without joining a group. Ends after ``idle_timeout_s`` without a
@@ -133,10 +132,9 @@ async def read_topic(
 
     After ``reconnect_idle_s`` without data the client is replaced and resumes where it
     was: the embedded broker has been seen to stop answering a long-lived reader's
-    fetches while a fresh connection reads on. ``start`` maps partitions to the offset
-    to start at (the others start as ``from_beginning`` says)."""
+    fetches while a fresh connection reads on."""
     name = settings.topic(topic)
-    positions: dict[int, int] = dict(start or {})
+    positions: dict[int, int] = {}
     last = time.monotonic()
     while not (stop and stop()):
         consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None)

@@ -194,27 +194,18 @@ def create_app(settings: Settings) -> faust.App:
     async def catch_up(p: int, resume_offset: int) -> None:
         """Read the changelog partition ourselves until it holds the batch that ends just
         before ``resume_offset``. Needed when faust's recovery stopped at a stale high
-        watermark (seen with the embedded broker, whose end offsets can lag). The embedded
-        broker has also been seen not to serve a partition's last records until something
-        more is written to it: after a quiet read, a tombstone ``p|nudge`` is written to
-        the partition and the read goes on (a tombstone is no row: it changes no state)."""
+        watermark (seen with the embedded broker, whose end offsets can lag)."""
         changelog = replace(settings, topic_prefix="")
         name = table.changelog_topic.get_topic_name()
         deadline = time.monotonic() + 60
-        nudge = row_key(p, "nudge")
-        positions: dict[int, int] = {}
-        while time.monotonic() < deadline:
-            async for partition, offset, _t, key, value in read_topic(changelog, name, idle_timeout_s=2.0,
-                                                                     start=positions):
-                positions[partition] = offset + 1
-                if partition != p or key is None or key == nudge:
-                    continue
-                table.data[key] = value
-                if key == row_key(p, "meta") and value is not None and orjson.loads(value)["log_offset"] + 1 >= resume_offset:
-                    return
-            log.warning("partition %d: changelog quiet before log offset %d; writing a tombstone to move it on",
-                        p, resume_offset - 1)
-            await (await app.producer.send(name, nudge, None, p, None, None))
+        async for partition, _o, _t, key, value in read_topic(changelog, name, idle_timeout_s=10.0):
+            if partition != p or key is None:
+                continue
+            table.data[key] = value
+            if key == row_key(p, "meta") and value is not None and orjson.loads(value)["log_offset"] + 1 >= resume_offset:
+                return
+            if time.monotonic() > deadline:
+                break
         raise RuntimeError(f"partition {p}: changelog does not reach log offset {resume_offset - 1}")
 
     async def load(p: int, resume_offset: int) -> PartitionWork:

@@ -31,7 +31,7 @@ from stream.timeutil import parse_time_us
 from stream.topics import CALLS, COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, TICKS
 
 from .conftest import TSLA, load_example
-from .streaming_support import Cluster, fresh_settings, kafka_bootstrap
+from .streaming_support import Cluster, fresh_settings, kafka_bootstrap, run_phases_and_settle
 from .test_streaming import all_final
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -60,9 +60,8 @@ def run(bootstrap, tmp_path_factory):
     cluster = Cluster(fresh_settings(bootstrap, tmp), tmp)
     cluster.start_worker()
     try:
-        cluster.publish(PHASES)
-        cluster.wait_for_outputs(all_final, what="every account's final requirement")
-        outputs = cluster.settle()
+        outputs = run_phases_and_settle(cluster, PHASES)
+        assert all_final(outputs)
     finally:
         cluster.stop()
     env = {**os.environ, **cluster.settings.env()}

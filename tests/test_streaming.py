@@ -17,7 +17,7 @@ from stream.demo import is_final, load_scenario, scenario_accounts
 from stream.kafka import log_partition
 from stream.topics import CALLS, DEADLETTER, FLASH, REQUIREMENTS, TICKS
 
-from .streaming_support import Cluster, by_account, fresh_settings, kafka_bootstrap
+from .streaming_support import Cluster, by_account, fresh_settings, kafka_bootstrap, run_phases_and_settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -44,9 +44,8 @@ def clean_run(bootstrap, tmp_path_factory):
     cluster = Cluster(fresh_settings(bootstrap, tmp), tmp)
     cluster.start_worker()
     try:
-        cluster.publish(PHASES)
-        outputs = cluster.wait_for_outputs(all_final, what="every account's final requirement")
-        outputs = cluster.settle()
+        outputs = run_phases_and_settle(cluster, PHASES)
+        assert all_final(outputs)
         replayed, states = cluster.replayed()
         rows = cluster.table_rows()
     finally:
@@ -207,9 +206,8 @@ def test_two_workers_publish_what_one_does(bootstrap, tmp_path, clean_run):
     cluster.start_worker()
     cluster.start_worker()
     try:
-        cluster.publish(PHASES)
-        cluster.wait_for_outputs(all_final, what="every account's final requirement")
-        outputs = cluster.settle()
+        outputs = run_phases_and_settle(cluster, PHASES)
+        assert all_final(outputs)
         assignments = [p.read_text(errors="replace").count("state loaded") for p in tmp_path.glob("worker-*.log")]
     finally:
         cluster.stop()
@@ -237,8 +235,8 @@ def test_sigkill_mid_stream_then_restart_equals_a_clean_run(bootstrap, tmp_path,
 
     try:
         cluster.publish(copy.deepcopy(PHASES), after_publish=maybe_kill, timeout_s=120)
-        cluster.wait_for_outputs(all_final, timeout_s=120, what="every account's final requirement")
         outputs = cluster.settle(timeout_s=120)
+        assert all_final(outputs)
         replayed, states = cluster.replayed()
         rows = cluster.table_rows()
     finally:
@@ -267,8 +265,8 @@ def test_rocksdb_store_survives_a_restart(bootstrap, tmp_path, clean_run):
 
     try:
         cluster.publish(PHASES, after_publish=restart_midway)
-        cluster.wait_for_outputs(all_final, what="every account's final requirement")
         outputs = cluster.settle()
+        assert all_final(outputs)
     finally:
         cluster.stop()
     assert any((tmp_path / "data-1").rglob("*.sst")) or any((tmp_path / "data-1").rglob("CURRENT"))
