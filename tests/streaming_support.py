@@ -193,13 +193,31 @@ class Cluster:
             self.assert_alive()
             ends = self.ends(topics)  # inputs first, then the log they were forwarded to
             committed = self.committed(topics)
-            behind = {f"{t}/{p}": (committed[(t, p)], end) for (t, p), end in ends.items() if committed[(t, p)] < end}
+            behind = {(t, p): (committed[(t, p)], end) for (t, p), end in ends.items() if committed[(t, p)] < end}
+            if behind and all(t != LOG for t, _ in behind):
+                # faust's router commit can stall behind an offset it never saw (a gap), with
+                # every input routed: then count the inputs the log or the dead letters hold
+                routed = self.routed_sources()
+                behind = {tp: v for tp, v in behind.items()
+                          if any((tp[0], tp[1], o) not in routed for o in range(v[0], v[1]))}
             if not behind:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for the workers to consume everything: "
                                      f"(committed, end) {behind}\n{self.logs()}")
             time.sleep(0.5)  # polling interval between two reads of the broker
+
+    def routed_sources(self) -> set[tuple[str, int, int]]:
+        """(topic, partition, offset) of every input the log or the dead-letter topic holds."""
+        sources = set()
+        for topic in (LOG, DEADLETTER):
+            for _p, _o, value in self.read(topic, idle_s=1.0):
+                try:
+                    src = orjson.loads(value)["source"]
+                    sources.add((src["topic"], int(src["partition"]), int(src["offset"])))
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return sources
 
     def settle(self, timeout_s: float = 90.0) -> dict[str, dict]:
         """Wait until the workers consumed everything, then check that what they published
