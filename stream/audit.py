@@ -1,8 +1,8 @@
 """Operators' audit tools on the same core: replay, explain, export, report.
 
 Nothing here re-implements the model or the engine. Every number is recomputed by
-replaying ``margin.log`` through :func:`stream.ordered_log.apply_entry` (the function the
-worker calls) and, for one account's components, :func:`stream.engine.account_risk`.
+replaying ``margin.log`` entry by entry through :func:`stream.ordered_log.apply_entry` (the
+loop :func:`stream.ordered_log.apply_record` runs in the worker) and, for one account's components, :func:`stream.engine.account_risk`.
 
 Topics come either from the broker (:func:`read_broker`) or from an export directory
 written by :func:`write_export` (``DIR/<topic>.jsonl``, one record a line); both give the
@@ -26,7 +26,7 @@ import orjson
 
 from .engine import EngineConfig, EngineState, Output, account_risk
 from .money import cents_to_decimal, cents_up, money_str
-from .ordered_log import apply_entry
+from .ordered_log import Entry, apply_entry, encode_record, expand, route_input
 from .timeutil import format_time_us, parse_time_us
 from .topics import (
     ACCOUNT_TOPICS,
@@ -151,10 +151,10 @@ def load_topics(topics: Iterable[str], directory: str | None = None, settings: A
     return asyncio.run(read_broker(settings, topics))
 
 
-def log_entries(records: Iterable[Record]) -> list[tuple[int, int, bytes]]:
-    """``margin.log`` records as ``(log partition, log offset, raw)`` in log order
-    (tombstones -- which the router never writes -- are skipped)."""
-    return [(r.partition, r.offset, r.value) for r in sort_records(records) if r.value is not None]
+def log_entries(records: Iterable[Record]) -> list[tuple[int, int, Entry]]:
+    """The entries of ``margin.log`` records as ``(log partition, log offset, entry)`` in
+    log order (tombstones -- which the router never writes -- are skipped)."""
+    return expand((r.partition, r.offset, r.value) for r in sort_records(records) if r.value is not None)
 
 
 def log_from_inputs(topics: dict[str, list[Record]], partitions: int, max_bytes: int) -> list[Record]:
@@ -163,7 +163,6 @@ def log_from_inputs(topics: dict[str, list[Record]], partitions: int, max_bytes:
     topic, partition, offset). It equals the processor's log wherever the router saw events
     in timestamp order -- true for inputs published one after another; events published at
     the same moment on different topics may have been routed in another order."""
-    from .ordered_log import route_input
     from .topics import INPUT_TOPICS
 
     merged = sorted(
@@ -174,18 +173,17 @@ def log_from_inputs(topics: dict[str, list[Record]], partitions: int, max_bytes:
     next_offset = [0] * partitions
     log: list[Record] = []
     for *_, topic, record in merged:
-        entries, _rejected = route_input(topic, record.partition, record.offset, record.value, partitions, max_bytes)
-        for p, key, value in entries:
-            log.append(Record(p, next_offset[p], record.timestamp, key, value))
+        targets, entry, _rejected = route_input(topic, record.partition, record.offset, record.value, partitions, max_bytes)
+        for p in targets:
+            log.append(Record(p, next_offset[p], record.timestamp, None, encode_record([entry])))
             next_offset[p] += 1
     return log
 
 
-def decode_entry(raw: bytes) -> tuple[dict, dict] | None:
+def decode_entry(entry: Entry) -> tuple[dict, dict] | None:
     """``(source, value)`` of a log entry, or None when it is not one the router wrote."""
     try:
-        entry = orjson.loads(raw)
-        source, value = entry["source"], entry["value"]
+        source, value = entry["source"], entry["value"]  # type: ignore[index]
     except Exception:
         return None
     if not isinstance(source, dict) or not isinstance(value, dict):
@@ -247,18 +245,18 @@ class Recomputation:
 
 
 def recompute(
-    entries: list[tuple[int, int, bytes]], config: EngineConfig | None = None, progress: Progress | None = None
+    entries: list[tuple[int, int, Entry]], config: EngineConfig | None = None, progress: Progress | None = None
 ) -> Recomputation:
     """Replay the whole log, a fresh :class:`EngineState` per log partition, with
     :func:`apply_entry`; keep every requirement and call it publishes, by id."""
     config = config or EngineConfig()
     states: dict[int, EngineState] = {}
     records: dict[str, Produced] = {}
-    for done, (partition, offset, raw) in enumerate(entries, 1):
+    for done, (partition, offset, entry) in enumerate(entries, 1):
         state = states.get(partition)
         if state is None:
             state = states[partition] = EngineState(config=config)
-        for out in apply_entry(state, partition, offset, raw):
+        for out in apply_entry(state, partition, offset, entry):
             if out.topic in COMPARED_TOPICS:
                 records[out.value["id"]] = Produced(out.topic, out.value, partition, offset)
         if progress is not None:
@@ -376,7 +374,7 @@ class Selector:
     """Decides whether a record is compared under :class:`Filters`."""
 
     def __init__(self, filters: Filters, recomputation: Recomputation, published: dict[str, list[Published]],
-                 entries: list[tuple[int, int, bytes]]):
+                 entries: list[tuple[int, int, Entry]]):
         self.filters = filters
         self.states = recomputation.states
         self.entries = entries
@@ -422,8 +420,8 @@ class Selector:
             return None
         if self._sources is None:
             self._sources = {}
-            for p, o, raw in self.entries:
-                decoded = decode_entry(raw)
+            for p, o, entry in self.entries:
+                decoded = decode_entry(entry)
                 if decoded is not None:
                     src = decoded[0]
                     self._sources[(p, str(src.get("topic")), src.get("partition"), src.get("offset"))] = o
@@ -550,23 +548,23 @@ def event_time_us(topic: str, value: dict) -> int | None:
     return _time_or_none(value.get(name)) if name else None
 
 
-def account_partition(entries: list[tuple[int, int, bytes]], account_id: str) -> int | None:
+def account_partition(entries: list[tuple[int, int, Entry]], account_id: str) -> int | None:
     """The log partition whose fill/collateral entries name the account."""
-    for partition, _offset, raw in entries:
-        decoded = decode_entry(raw)
+    for partition, _offset, entry in entries:
+        decoded = decode_entry(entry)
         if decoded and decoded[0].get("topic") in ACCOUNT_TOPICS and decoded[1].get("account_id") == account_id:
             return partition
     return None
 
 
-def cutoff_index(entries: list[tuple[int, int, bytes]], at_us: int | None) -> int:
+def cutoff_index(entries: list[tuple[int, int, Entry]], at_us: int | None) -> int:
     """How many entries to apply: up to and including the last one whose event time is
     at or before ``at_us`` (all of them when ``at_us`` is None)."""
     if at_us is None:
         return len(entries)
     last = -1
-    for i, (_p, _o, raw) in enumerate(entries):
-        decoded = decode_entry(raw)
+    for i, (_p, _o, entry) in enumerate(entries):
+        decoded = decode_entry(entry)
         t = event_time_us(str(decoded[0].get("topic")), decoded[1]) if decoded else None
         if t is not None and t <= at_us:
             last = i
@@ -618,28 +616,28 @@ def _account_outputs(outputs: list[Output], account_id: str, source: dict) -> li
     return mine
 
 
-def _held_contracts(entries: list[tuple[int, int, bytes]], account_id: str) -> set[str]:
+def _held_contracts(entries: list[tuple[int, int, Entry]], account_id: str) -> set[str]:
     """Contracts the account's fills name (it held or holds them)."""
     held = set()
-    for _p, _o, raw in entries:
-        decoded = decode_entry(raw)
+    for _p, _o, entry in entries:
+        decoded = decode_entry(entry)
         if decoded and decoded[0].get("topic") == FILLS and decoded[1].get("account_id") == account_id:
             held.add(decoded[1].get("contract_id"))
     return held
 
 
-def replay_account(entries: list[tuple[int, int, bytes]], account_id: str,
+def replay_account(entries: list[tuple[int, int, Entry]], account_id: str,
                    config: EngineConfig | None = None) -> tuple[EngineState, list[dict]]:
     """Apply the entries (one log partition, in order) to a fresh state; return the state
     and the chain of entries that concerned the account, with what each published for it."""
     state = EngineState(config=config or EngineConfig())
     contracts = _held_contracts(entries, account_id)
     chain = []
-    for partition, offset, raw in entries:
+    for partition, offset, entry in entries:
         account = state.accounts.get(account_id)
         had_positions = bool(account and account.positions)
-        outputs = apply_entry(state, partition, offset, raw)
-        decoded = decode_entry(raw)
+        outputs = apply_entry(state, partition, offset, entry)
+        decoded = decode_entry(entry)
         if decoded is None:
             continue
         source, value = decoded
@@ -672,7 +670,7 @@ def contract_detail(contract: Any) -> dict:
     }
 
 
-def explain(entries_all: list[tuple[int, int, bytes]], account_id: str, at_us: int | None = None,
+def explain(entries_all: list[tuple[int, int, Entry]], account_id: str, at_us: int | None = None,
             config: EngineConfig | None = None) -> dict:
     """Everything behind an account's margin at event time ``at_us`` (None: the whole log):
     IM, equity, every position component, the contract risk vectors and the chain of events.
@@ -853,24 +851,25 @@ def plot_report(requirements: list[dict], calls: list[dict], account_id: str, ou
 def route_offline(messages: Iterable[tuple[str, dict]], partitions: int) -> list[tuple[int, int, bytes]]:
     """A ``margin.log`` built in memory from ``(topic, message)`` pairs, routed as the
     router does (account events to their account's partition, the others to every
-    partition; each source topic one partition with increasing offsets). For tests and
-    benchmarks; returns ``(log partition, log offset, raw)`` in log order."""
-    from .kafka import log_partition
-    from .ordered_log import encode_entry
+    partition; each source topic one partition with increasing offsets), one entry per
+    record. For tests and benchmarks; returns ``(log partition, log offset, record)`` in
+    log order."""
+    from .ordered_log import encode_entry, log_partition
 
     source_offsets: dict[str, int] = {}
     log_offsets = [0] * partitions
-    entries = []
+    records = []
     for topic, message in messages:
         src_offset = source_offsets[topic] = source_offsets.get(topic, -1) + 1
-        raw = encode_entry(topic, 0, src_offset, message)
+        raw = encode_record([encode_entry(topic, 0, src_offset, message)])
         targets = [log_partition(message["account_id"], partitions)] if topic in ACCOUNT_TOPICS else range(partitions)
         for p in targets:
-            entries.append((p, log_offsets[p], raw))
+            records.append((p, log_offsets[p], raw))
             log_offsets[p] += 1
-    return sorted(entries, key=lambda e: (e[0], e[1]))
+    return sorted(records, key=lambda e: (e[0], e[1]))
 
 
-def as_records(entries: Iterable[tuple[int, int, bytes]]) -> list[Record]:
-    """Log entries as topic :class:`Record` objects (timestamps and keys left out)."""
-    return [Record(p, o, None, None, raw) for p, o, raw in entries]
+def as_records(records: Iterable[tuple[int, int, bytes]]) -> list[Record]:
+    """``(partition, offset, value)`` tuples as topic :class:`Record` objects (timestamps
+    and keys left out)."""
+    return [Record(p, o, None, None, raw) for p, o, raw in records]

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from .kafka import ensure_topics, publish, read_topic
+from .ordered_log import entry_source, record_entries
 from .settings import Settings
 from .topics import ACCOUNT_TOPICS, CALLS, LOG, REQUIREMENTS, SETTLEMENTS
 
@@ -44,11 +45,10 @@ class LogIndex:
         async for partition, _offset, _ts, _key, value in read_topic(
             self.settings, LOG, idle_timeout_s=None, stop=self._stop.is_set
         ):
-            try:
-                src = orjson.loads(value)["source"]
-                self.seen.add((partition, src["topic"], src["partition"], src["offset"]))
-            except Exception:
-                continue
+            for entry in record_entries(value):
+                source = entry_source(entry)
+                if source is not None:
+                    self.seen.add((partition, *source[:3]))
 
     async def __aenter__(self) -> "LogIndex":
         self._task = asyncio.create_task(self._run())

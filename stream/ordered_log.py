@@ -1,18 +1,29 @@
-"""The processor's ordered per-partition log (``margin.log``) and how one entry is applied.
+"""The processor's ordered per-partition log (``margin.log``): its record format, how the
+router fills it, and how one record is applied.
 
-Each entry is the decoded input message plus where it came from::
+A log *record* is one Kafka message holding, in order, the *entries* the router forwarded
+to that log partition from one batch of input messages::
 
-    {"source": {"topic": "trades.fills", "partition": 2, "offset": 17}, "value": {...}}
+    {"entries": [{"source": {"topic": "trades.fills", "partition": 2, "offset": 17}, "value": {...}},
+                 {"source": {"topic": "clock.ticks", "partition": 0, "offset": 4}, "value": {...}}]}
 
-:func:`apply_entry` is the single function that turns one entry into outputs -- the faust
-engine agent, the replay/audit tool and the integration tests all call it, so a replay of
-the log reproduces exactly what the processor published.
+Each entry is a decoded input message plus where it came from. Records batch the entries
+only to amortise the per-message cost of the framework and the broker: applying a record
+is applying its entries one after the other, so where the router cut its batches changes
+no output. The log's order -- record by record, entry by entry -- is *the* order every
+worker and every replay applies.
+
+:func:`apply_record` is the single function that turns a record into outputs; the faust
+engine agent, the replay/audit tools and the integration tests all call it (or
+:func:`apply_record_entries`, the same loop entry by entry), so a replay of the log
+reproduces exactly what the processor published.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
 import orjson
 
@@ -21,9 +32,17 @@ from .errors import Rejected, SchemaViolation, Undecodable
 from .records import Cause, deadletter_record, decode, parse
 from .topics import ACCOUNT_TOPICS, DEADLETTER, LOG
 
+RECORD_HEAD = b'{"entries":['
+RECORD_TAIL = b"]}"
+
 
 def encode_entry(topic: str, partition: int, offset: int, value: Any) -> bytes:
     return orjson.dumps({"source": {"topic": topic, "partition": partition, "offset": offset}, "value": value})
+
+
+def encode_record(entries: Iterable[bytes]) -> bytes:
+    """One log record from encoded entries (their bytes are copied, never re-encoded)."""
+    return RECORD_HEAD + b",".join(entries) + RECORD_TAIL
 
 
 def log_partition(account_id: str, partitions: int) -> int:
@@ -31,13 +50,22 @@ def log_partition(account_id: str, partitions: int) -> int:
     return zlib.crc32(account_id.encode()) % partitions
 
 
+def deadletter_output(topic: str, partition: int, offset: int | None, raw: bytes, error: Exception) -> Output:
+    record = deadletter_record(topic, partition, offset, raw, error)
+    return Output(DEADLETTER, record["id"], record)
+
+
+# --------------------------------------------------------------------------- routing
 def route_input(
-    topic: str, partition: int, offset: int, raw: bytes | None, log_partitions: int, max_bytes: int
-) -> tuple[list[tuple[int, bytes, bytes]], Output | None]:
-    """What the router does with one input message: ``([(log partition, key, entry)], None)``
-    or ``([], dead-letter output)`` for what is invalid on its own (tombstone, oversized,
+    topic: str, partition: int, offset: int, raw: bytes | None, log_partitions: int, max_bytes: int,
+    max_record_bytes: int | None = None,
+) -> tuple[list[int], bytes | None, Output | None]:
+    """What the router does with one input message: ``(log partitions, entry, None)`` or
+    ``([], None, dead-letter output)`` for what is invalid on its own (tombstone, oversized,
     undecodable, schema-invalid). Account events go to their account's partition
-    (``crc32(account_id) % P``); listing, flash, settlement and tick events to every one."""
+    (``crc32(account_id) % P``); listing, flash, settlement and tick events to every one.
+    An entry that would not fit in a log record of ``max_record_bytes`` is oversized too
+    (re-encoding can lengthen numbers: ``1e5`` becomes ``100000.0``)."""
     try:
         if raw is None:
             raise Undecodable("empty message (tombstone)")
@@ -45,51 +73,147 @@ def route_input(
             raise SchemaViolation(f"{len(raw)} bytes exceeds the {max_bytes}-byte limit", reason="oversized")
         obj = decode(raw)
         event = parse(topic, obj)
+        entry = encode_entry(topic, partition, offset, obj)
+        if max_record_bytes is not None and len(entry) + len(RECORD_HEAD) + len(RECORD_TAIL) > max_record_bytes:
+            raise SchemaViolation(f"re-encoded as a {len(entry)}-byte log entry, beyond the {max_record_bytes}-byte "
+                                  "log record limit", reason="oversized")
     except Rejected as error:
-        return [], deadletter_output(topic, partition, offset, raw or b"", error)
-    entry = encode_entry(topic, partition, offset, obj)
+        return [], None, deadletter_output(topic, partition, offset, raw or b"", error)
     if topic in ACCOUNT_TOPICS:
-        account_id = event.account_id  # type: ignore[union-attr]
-        return [(log_partition(account_id, log_partitions), account_id.encode(), entry)], None
-    key = (getattr(event, "contract_id", None) or "clock").encode()
-    return [(p, key, entry) for p in range(log_partitions)], None
+        return [log_partition(event.account_id, log_partitions)], entry, None  # type: ignore[union-attr]
+    return list(range(log_partitions)), entry, None
 
 
-def deadletter_output(topic: str, partition: int, offset: int | None, raw: bytes, error: Exception) -> Output:
-    record = deadletter_record(topic, partition, offset, raw, error)
-    return Output(DEADLETTER, record["id"], record)
+class RecordBuilder:
+    """Collects routed entries per log partition and cuts them into records of at most
+    ``max_record_bytes`` (a single larger entry gets a record of its own)."""
+
+    def __init__(self, max_record_bytes: int):
+        self.max_record_bytes = max_record_bytes
+        self.open: dict[int, tuple[list[bytes], int]] = {}
+        self.records: list[tuple[int, bytes]] = []
+
+    def add(self, partitions: Iterable[int], entry: bytes) -> None:
+        for p in partitions:
+            entries, size = self.open.get(p, ([], len(RECORD_HEAD) + len(RECORD_TAIL)))
+            if entries and size + len(entry) + 1 > self.max_record_bytes:
+                self.records.append((p, encode_record(entries)))
+                entries, size = [], len(RECORD_HEAD) + len(RECORD_TAIL)
+            entries.append(entry)
+            self.open[p] = (entries, size + len(entry) + 1)
+
+    def finish(self) -> list[tuple[int, bytes]]:
+        """Every record, ``(log partition, record)``, in the order their entries arrived
+        per partition (the order across partitions is irrelevant)."""
+        records = self.records + [(p, encode_record(entries)) for p, (entries, _) in sorted(self.open.items())]
+        self.open, self.records = {}, []
+        return records
 
 
-def apply_entry(state: EngineState, log_partition: int, log_offset: int, raw: bytes) -> list[Output]:
-    """Apply one log entry to the state of its log partition; return what to publish.
+def route_batch(
+    messages: Iterable[tuple[str, int, int, bytes | None]], log_partitions: int, max_bytes: int, max_record_bytes: int
+) -> tuple[list[tuple[int, bytes]], list[Output]]:
+    """The router on a batch of input messages ``(topic, partition, offset, raw)``, in the
+    order given: the log records to write, ``(log partition, record)``, and the dead
+    letters for what was invalid on its own."""
+    builder = RecordBuilder(max_record_bytes)
+    rejected = []
+    for topic, partition, offset, raw in messages:
+        targets, entry, dead = route_input(topic, partition, offset, raw, log_partitions, max_bytes, max_record_bytes)
+        if dead is not None:
+            rejected.append(dead)
+        else:
+            builder.add(targets, entry)  # type: ignore[arg-type]
+    return builder.finish(), rejected
+
+
+# --------------------------------------------------------------------------- applying
+Entry = Any  # a decoded log entry (a dict, as the router wrote it) or a BadRecord
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """Stands, as its only entry, for a ``margin.log`` message that is not a record the
+    router wrote: applying it publishes a dead letter and changes nothing."""
+
+    raw: bytes
+    problem: str
+
+
+def record_entries(raw: bytes | None) -> list[Any]:
+    """The entries of a log record, decoded (each still to be checked when applied), or
+    ``[BadRecord]`` for a message that is not a record."""
+    try:
+        obj = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError as exc:
+        return [BadRecord(raw or b"", f"not JSON: {exc}")]
+    if not isinstance(obj, dict) or not isinstance(obj.get("entries"), list):
+        return [BadRecord(raw or b"", 'expected a JSON object with an "entries" list')]
+    return obj["entries"]
+
+
+def expand(records: Iterable[tuple[int, int, bytes | None]]) -> list[tuple[int, int, Any]]:
+    """``(log partition, log offset, entry)`` of every entry of the records, in order."""
+    return [(p, o, entry) for p, o, raw in records for entry in record_entries(raw)]
+
+
+def entry_source(entry: Any) -> tuple[str, int, int, dict] | None:
+    """``(topic, partition, offset, value)`` of a well-formed entry, else None."""
+    try:
+        src, value = entry["source"], entry["value"]
+        return str(src["topic"]), int(src["partition"]), int(src["offset"]), value
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def apply_entry(state: EngineState, log_partition: int, log_offset: int, entry: Any) -> list[Output]:
+    """Apply one decoded entry to the state of its log partition; return what to publish.
 
     A rejected event becomes a dead-letter record. A broadcast event (listing, flash,
     settlement, tick) is rejected identically in every partition, so only partition 0
-    reports it."""
+    reports it. An entry the router did not write is reported against the log record."""
+    if isinstance(entry, BadRecord):
+        error = SchemaViolation(f"bad log record: {entry.problem}")
+        return [deadletter_output(LOG, log_partition, log_offset, entry.raw, error)]
+    source = entry_source(entry)
+    if source is None:
+        error = SchemaViolation("bad log entry: expected {source: {topic, partition, offset}, value}")
+        return [deadletter_output(LOG, log_partition, log_offset, orjson.dumps(entry), error)]
+    topic, src_partition, src_offset, obj = source
     try:
-        entry = orjson.loads(raw)
-        src, obj = entry["source"], entry["value"]
-        source, src_partition, src_offset = str(src["topic"]), int(src["partition"]), int(src["offset"])
-    except Exception as exc:  # not written by our router: report it, never crash
-        return [deadletter_output(LOG, log_partition, log_offset, raw, SchemaViolation(f"bad log entry: {exc!r}"))]
-    try:
-        event = parse(source, obj)
-        cause = Cause(source, src_partition, src_offset, event.event_id)
+        event = parse(topic, obj)
+        cause = Cause(topic, src_partition, src_offset, event.event_id)
         _, outputs = apply(state, event, cause, obj)
         return outputs
     except Rejected as error:
-        if source in ACCOUNT_TOPICS or log_partition == 0:
-            return [deadletter_output(source, src_partition, src_offset, orjson.dumps(obj), error)]
+        if topic in ACCOUNT_TOPICS or log_partition == 0:
+            return [deadletter_output(topic, src_partition, src_offset, orjson.dumps(obj), error)]
         return []
 
 
-def replay(entries: Iterable[tuple[int, int, bytes]], states: dict[int, EngineState] | None = None) -> list[tuple[int, int, Output]]:
-    """Apply ``(log_partition, log_offset, raw)`` entries in order, one state per
+def apply_record_entries(
+    state: EngineState, log_partition: int, log_offset: int, raw: bytes | None
+) -> Iterator[tuple[Any, list[Output]]]:
+    """Apply a log record entry by entry, yielding ``(entry, outputs)``."""
+    for entry in record_entries(raw):
+        yield entry, apply_entry(state, log_partition, log_offset, entry)
+
+
+def apply_record(state: EngineState, log_partition: int, log_offset: int, raw: bytes | None) -> list[Output]:
+    """Apply one log record to the state of its log partition; return what to publish."""
+    outputs: list[Output] = []
+    for _entry, produced in apply_record_entries(state, log_partition, log_offset, raw):
+        outputs.extend(produced)
+    return outputs
+
+
+def replay(records: Iterable[tuple[int, int, bytes | None]], states: dict[int, EngineState] | None = None) -> list[tuple[int, int, Output]]:
+    """Apply ``(log_partition, log_offset, raw record)`` in order, one state per
     partition; return ``(partition, offset, output)`` for everything published."""
     states = {} if states is None else states
     published = []
-    for partition, offset, raw in entries:
+    for partition, offset, raw in records:
         state = states.setdefault(partition, EngineState())
-        for out in apply_entry(state, partition, offset, raw):
+        for out in apply_record(state, partition, offset, raw):
             published.append((partition, offset, out))
     return published

@@ -1,59 +1,82 @@
-"""The streaming shell: faust-streaming agents around the pure engine (SPEC §1, §3, §4).
+"""The streaming shell: a faust-streaming worker around the pure engine (SPEC §1, §3, §4).
 
-Two agents:
+One worker process runs two stages:
 
-``route`` reads the six input topics. It rejects what is invalid on its own (undecodable,
-oversized, schema-invalid) to ``margin.deadletter`` and forwards everything else to the
-ordered log ``margin.log``: fills and collateral movements to the partition of their
-account, listings, flashes, settlements and ticks to *every* partition. Each partition of
-the log is therefore one total order of the events that concern its accounts.
+**The router** (:class:`Router`) reads the six input topics and writes the ordered log
+``margin.log``: fills and collateral movements to the log partition of their account,
+listings, flashes, settlements and ticks to *every* partition, so each log partition is one
+total order of the events that concern its accounts. What is invalid on its own
+(undecodable, oversized, schema-invalid) goes to ``margin.deadletter``. It is stateless and
+batched: one fetch of inputs becomes one log *record* per log partition (see
+:mod:`stream.ordered_log`), and the input offsets are committed only after every record
+and dead letter of the batch is acknowledged. It is a plain aiokafka consumer in its own
+consumer group (``<app id>-router``), not a faust agent: faust's per-message machinery
+costs ~100 µs a message here (9-12k messages/s consumed by a bare agent against ~320k/s by
+aiokafka), and a stateless forwarder needs none of it (bench/RESULTS.md).
 
-``apply_log`` reads ``margin.log`` and, per partition, applies each event with
-:func:`stream.engine.apply` -- the same core the what-if and audit tools call -- and
-publishes the requirement, call and dead-letter records it returns.
+**The engine agent** (``apply_log``, a faust agent) reads ``margin.log`` and, per
+partition, applies each record with :func:`stream.ordered_log.apply_record` -- the same
+core the what-if and audit tools call -- and publishes the requirement, call and
+dead-letter records it returns. Its state lives in a faust table (``state``) whose
+changelog is co-partitioned with the log: one row per contract, the clock and each account,
+plus a ``meta`` row naming the last log offset whose effects are all durable.
 
-Delivery guarantee (at-least-once, idempotent): state rows live in a faust table whose
-changelog is co-partitioned with the log. Events are applied in memory in batches; at the
-end of a batch the worker (1) flushes the producer, so every output of the batch is
-acknowledged by the broker, (2) writes the changed rows to the table, (3) acks the events,
-whose offsets faust commits only after flushing the changelog. A crash at any point leaves
-rows that are at or behind the committed offset's events' effects -- never ahead of their
-outputs -- and each row records the source offsets it has applied, so re-delivered events
-are re-applied only to rows that had not persisted them. Outputs may be published more
-than once, always with the same id and content: consumers deduplicate by ``id``.
+Delivery guarantee (at-least-once, idempotent). The agent applies records in memory and
+publishes their outputs without waiting; at a batch boundary (the input queue is empty, or
+``KPIMARGIN_BATCH_MAX`` entries) it snapshots the rows the batch changed and hands them to
+the :class:`Persister`, which, in order and without holding up the agent:
+
+1. waits until every output of the batch is acknowledged by the broker;
+2. writes the changed rows (to the table's store and its changelog) and waits for them;
+3. writes the ``meta`` row and waits for it;
+4. acks the batch's log records, so faust may commit their offsets.
+
+State is therefore never ahead of the outputs it implies, and the ``meta`` row never ahead
+of the rows. A worker taking over a partition resumes right after the ``meta`` offset --
+*not* at the group's committed offset: it seeks the log back when the two differ (a
+changelog recovery that stopped early, an offset faust skipped). Each row also remembers
+the source offsets it has applied, so records re-applied after a crash change no row
+twice, and every output is published again with the same id and content (consumers
+deduplicate by ``id``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import signal
 import time
 import types
 import weakref
-from dataclasses import dataclass, field, replace
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import faust
 import orjson
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
-from .engine import EngineState, Output
-from .kafka import read_topic, ssl_context
-from .ordered_log import apply_entry, route_input
+from .engine import EngineState
+from .kafka import client_kwargs, ssl_context
+from .ordered_log import apply_record_entries, route_batch
 from .settings import Settings
-from .topics import INPUT_TOPICS, LOG, OUTPUT_TOPICS
+from .topics import DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS
 
 log = logging.getLogger("kpimargin")
 
+EXIT_FAILED = 70  # EX_SOFTWARE: a failure that is not bad input (a bug, a broken broker)
 
-@dataclass
-class PartitionWork:
-    """The live engine state of one log partition and its batch in flight."""
 
-    state: EngineState
-    pending: list = field(default_factory=list)  # faust events applied but not yet acked
+def die(what: str) -> None:
+    """Bad input never raises (it is dead-lettered): this is a bug or a broken broker
+    connection. faust would restart an agent *past* the failed events, so stop the whole
+    process instead, before anything more is committed: a restarted worker resumes from
+    the last durable state, exactly as after a SIGKILL."""
+    log.critical("%s failed; exiting so that a restart resumes from the last durable state", what, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_FAILED)
 
 
 def _credentials(settings: Settings) -> Any:
@@ -81,6 +104,9 @@ def faust_config(settings: Settings) -> dict:
         broker_heartbeat_interval=max(0.5, min(3.0, settings.session_timeout_s / 4)),
         broker_rebalance_timeout=max(settings.session_timeout_s, 10.0),
         broker_commit_interval=settings.commit_interval_s,
+        broker_request_timeout=settings.request_timeout_s,
+        producer_request_timeout=settings.request_timeout_s,
+        producer_max_request_size=2 * settings.log_record_max_bytes,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         producer_acks=-1,
@@ -121,247 +147,410 @@ def _patch_fetch_wait(max_wait_ms: int) -> None:
     driver.aiokafka = proxy
 
 
-def create_app(settings: Settings) -> faust.App:
-    _patch_fetch_wait(settings.fetch_max_wait_ms)
-    app = faust.App(settings.app_id, autodiscover=False, **faust_config(settings))
-    partitions = settings.partitions
-    prefix = settings.topic_prefix
-    config = settings.engine_config()
+async def confirm(futures: Iterable[asyncio.Future], what: str) -> None:
+    """Wait until the broker acknowledged every send; raise if one was not delivered
+    (aiokafka's ``flush`` waits for sends but does not report failures)."""
+    futures = list(futures)
+    if not futures:
+        return
+    await asyncio.wait(futures)
+    failed = [f.exception() for f in futures if f.cancelled() or f.exception() is not None]
+    if failed:
+        raise RuntimeError(f"{len(failed)} {what} not delivered: {failed[0]!r}")
 
-    def topic(name: str, **kw):
-        return app.topic(settings.topic(name), key_type=bytes, value_type=bytes, partitions=partitions, **kw)
 
-    inputs = app.topic(*[settings.topic(t) for t in INPUT_TOPICS], key_type=bytes, value_type=bytes)
-    log_topic = topic(LOG)
-    table = app.Table("state", partitions=partitions, key_type=bytes, value_type=bytes)
+class Stats:
+    """Counters reported every 10 s at INFO (reset after each report)."""
 
-    def logical(name: str) -> str:
-        return name[len(prefix):] if prefix and name.startswith(prefix) else name
+    FIELDS = ("records", "entries", "outputs", "boundaries", "routed", "rejected", "apply_s", "persist_s")
 
-    # ------------------------------------------------------------------ router
-    def die(agent: str) -> None:
-        """Bad input never raises out of an agent (it is dead-lettered): this is a bug or a
-        broken broker connection. faust would restart the agent *past* the failed events,
-        so stop the whole process instead, before anything more is committed: a restarted
-        worker resumes from the last commit, exactly as after a SIGKILL."""
-        log.critical("%s failed; exiting so that a restart resumes from the last commit", agent, exc_info=True)
-        logging.shutdown()
-        os._exit(70)
+    def __init__(self) -> None:
+        self.reset()
 
-    @app.agent(inputs, name="route")
-    async def route(stream):
-        try:
-            async for event in stream.events():
-                message = event.message
-                entries, rejected = route_input(
-                    logical(message.topic), message.partition, message.offset, event.value,
-                    partitions, settings.max_message_bytes,
-                )
-                if rejected is not None:
-                    (await send(out_names[rejected.topic], rejected.key.encode(),
-                                orjson.dumps(rejected.value))).add_done_callback(routed)
-                for p, key, record in entries:
-                    (await send(log_name, key, record, p)).add_done_callback(routed)
-        except asyncio.CancelledError:
-            raise  # shutdown
-        except BaseException:
-            die("route")
+    def reset(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, 0)
 
-    # ------------------------------------------------------------------ engine
-    work: dict[int, PartitionWork] = {}
-    epochs: dict[int, int] = {}
+    def line(self) -> str:
+        return (f"router: {self.routed} inputs routed, {self.rejected} dead-lettered; engine: {self.records} log records, "
+                f"{self.entries} entries, {self.outputs} outputs, {self.boundaries} batches persisted; "
+                f"apply {self.apply_s:.2f}s, persist {self.persist_s:.2f}s")
 
-    def row_key(p: int, key: str) -> bytes:
-        return f"{p}|{key}".encode()
 
-    fault, _, fault_at = settings.fault_injection.partition(":")
-    batches_done = [0]  # batches flushed since start (the stats counters reset every report)
+# =========================================================================== router
+class Router:
+    """Input topics -> ``margin.log`` records and dead letters; see the module docstring."""
 
-    def maybe_die(point: str) -> None:
+    def __init__(self, app: faust.App, settings: Settings, stats: Stats):
+        self.app, self.settings, self.stats = app, settings, stats
+        self.names = {settings.topic(t): t for t in INPUT_TOPICS}
+        self.order = {t: i for i, t in enumerate(INPUT_TOPICS)}
+        self.log_name = settings.topic(LOG)
+        self.deadletter_name = settings.topic(DEADLETTER)
+
+    def consumer(self):
+        from aiokafka import AIOKafkaConsumer
+
+        s = self.settings
+        return AIOKafkaConsumer(
+            *self.names,
+            **client_kwargs(s),
+            group_id=f"{s.app_id}-router",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(max(0.5, min(3.0, s.session_timeout_s / 4)) * 1000),
+            rebalance_timeout_ms=int(max(s.session_timeout_s, 10.0) * 1000),
+            request_timeout_ms=int(s.request_timeout_s * 1000),
+            max_partition_fetch_bytes=2 * s.log_record_max_bytes,
+        )
+
+    def merged(self, batch: dict) -> list[tuple[str, int, int, bytes | None]]:
+        """One fetch as ``(topic, partition, offset, raw)`` in broker-timestamp order across
+        partitions, each partition's own order kept (ties: topic, partition)."""
+        runs = [
+            [(r.timestamp, self.order[self.names[tp.topic]], tp.partition, r.offset, self.names[tp.topic], r.value)
+             for r in records]
+            for tp, records in batch.items()
+        ]
+        return [(topic, p, o, raw) for _ts, _i, p, o, topic, raw in heapq.merge(*runs, key=lambda m: m[:4])]
+
+    async def run(self) -> None:
+        from aiokafka import TopicPartition
+        from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+        s = self.settings
+        consumer = self.consumer()
+        await consumer.start()
+        producer = self.app.producer
+        log.info("router: consuming %s as group %s-router", sorted(self.names), s.app_id)
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=s.router_batch_max)
+            batch = {tp: records for tp, records in batch.items() if records}
+            if not batch:
+                continue
+            messages = self.merged(batch)
+            records, dead = route_batch(messages, s.partitions, s.max_message_bytes, s.log_record_max_bytes)
+            sent = [await producer.send(self.log_name, None, record, p, None, None) for p, record in records]
+            sent += [await producer.send(self.deadletter_name, d.key.encode(), orjson.dumps(d.value), None, None, None)
+                     for d in dead]
+            await confirm(sent, "log records")
+            offsets = {TopicPartition(tp.topic, tp.partition): records[-1].offset + 1 for tp, records in batch.items()}
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                # a rebalance took partitions away: their new owner forwards them again,
+                # and the engine applies each source offset once
+                log.warning("router: commit failed (%r); the batch will be forwarded again", exc)
+            self.stats.routed += len(messages)
+            self.stats.rejected += len(dead)
+
+
+# =========================================================================== engine
+@dataclass
+class Partition:
+    """The live engine state of one log partition."""
+
+    state: EngineState
+    epoch: int
+    next_offset: int  # the next log offset to apply
+    events: list = field(default_factory=list)  # faust events applied since the last boundary
+    entries: int = 0
+    rewind_to: int | None = None  # a seek back is pending: waiting for this offset
+    rewound_at: float = 0.0
+    last_event_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Boundary:
+    """One batch handed to the persister: output deliveries to confirm, then per partition
+    the changed rows, the meta row and the log records to ack once durable."""
+
+    outputs: list
+    parts: list[tuple[int, int, list[tuple[bytes, bytes]], bytes, list]]  # (p, epoch, rows, meta, events)
+
+
+def row_key(p: int, key: str) -> bytes:
+    return f"{p}|{key}".encode()
+
+
+@contextmanager
+def writing_for(event):
+    """Table stores pick their partition from the task's current event (rocksdb keeps one
+    database per partition): write rows as if processing ``event``."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class Engine:
+    """The ``apply_log`` agent's state and its persister (see the module docstring)."""
+
+    def __init__(self, app: faust.App, table, settings: Settings, stats: Stats):
+        self.app, self.table, self.settings, self.stats = app, table, settings, stats
+        self.config = settings.engine_config()
+        self.parts: dict[int, Partition] = {}
+        self.epochs: dict[int, int] = {}
+        self.out_names = {name: settings.topic(name) for name in OUTPUT_TOPICS}
+        self.log_name = settings.topic(LOG)
+        self.changelog = table.changelog_topic.get_topic_name()
+        self.in_flight: list = []  # output deliveries since the last boundary
+        self.queue: asyncio.Queue[Boundary] = asyncio.Queue(maxsize=settings.persist_queue_max)
+        fault, _, at = settings.fault_injection.partition(":")
+        self.fault, self.fault_at = fault, int(at) if at else 0
+        self.persisted = 0  # boundaries made durable since start
+        self.unpersisted = 0  # boundaries handed to the persister and not yet durable
+        self.records_since = 0  # log records applied since the last boundary
+        self.stopping = False
+
+    # ---------------------------------------------------------------- faults
+    def maybe_die(self, point: str) -> None:
         """Fault injection for the crash tests: SIGKILL this process at a named point."""
-        if fault == point and (not fault_at or batches_done[0] >= int(fault_at)):
+        if self.fault == point and self.persisted >= self.fault_at:
             log.warning("fault injection: SIGKILL at %s", point)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def partition_rows(p: int) -> dict[str, dict]:
-        prefix_b = f"{p}|".encode()
+    # ---------------------------------------------------------------- partitions
+    def partition_rows(self, p: int) -> dict[str, dict]:
+        prefix = f"{p}|".encode()
         return {
-            k[len(prefix_b):].decode(): orjson.loads(v)
-            for k, v in list(table.data.items())
-            if k.startswith(prefix_b) and v is not None
+            k[len(prefix):].decode(): orjson.loads(v)
+            for k, v in list(self.table.data.items())
+            if k.startswith(prefix) and v is not None
         }
 
-    async def catch_up(p: int, resume_offset: int) -> None:
-        """Read the changelog partition ourselves until it holds the batch that ends just
-        before ``resume_offset``. Needed when faust's recovery stopped at a stale high
-        watermark (seen with the embedded broker, whose end offsets can lag)."""
-        changelog = replace(settings, topic_prefix="")
-        name = table.changelog_topic.get_topic_name()
-        deadline = time.monotonic() + 60
-        async for partition, _o, _t, key, value in read_topic(changelog, name, idle_timeout_s=10.0):
-            if partition != p or key is None:
-                continue
-            table.data[key] = value
-            if key == row_key(p, "meta") and value is not None and orjson.loads(value)["log_offset"] + 1 >= resume_offset:
-                return
-            if time.monotonic() > deadline:
-                break
-        raise RuntimeError(f"partition {p}: changelog does not reach log offset {resume_offset - 1}")
+    def load(self, p: int) -> Partition:
+        """The engine state of log partition ``p`` from the table (recovered from its
+        changelog by faust), and the log offset to resume at: right after ``meta``."""
+        self.maybe_die("in_recovery")
+        rows = self.partition_rows(p)
+        meta = rows.pop("meta", None) or {"log_offset": -1}
+        state = EngineState.from_rows(rows.items(), self.config)
+        part = Partition(state, self.epochs.get(p, 0), meta["log_offset"] + 1)
+        log.info("partition %d: state loaded (%d accounts, %d contracts), resuming at log offset %d",
+                 p, len(state.accounts), len(state.contracts), part.next_offset)
+        return part
 
-    async def load(p: int, resume_offset: int) -> PartitionWork:
-        """The engine state of log partition ``p`` from the table, checked against the
-        offset the consumer resumes at: the last persisted batch (the ``meta`` row, written
-        after the batch's rows) must end right before it, or recovery was incomplete."""
-        maybe_die("in_recovery")
-        rows = partition_rows(p)
-        persisted = rows.get("meta", {}).get("log_offset", -1)
-        if persisted + 1 < resume_offset:
-            log.warning("partition %d: recovered state ends at log offset %d but the group resumes at %d; "
-                        "reading the changelog to catch up", p, persisted, resume_offset)
-            await catch_up(p, resume_offset)
-            rows = partition_rows(p)
-        state = EngineState.from_rows(rows.items(), config)
-        log.info("partition %d: state loaded (%d accounts, %d contracts)", p, len(state.accounts), len(state.contracts))
-        return PartitionWork(state)
-
-    def forget(tps) -> None:
+    def forget(self, tps) -> None:
+        """Revoked partitions: drop their live state; the persister skips their batches."""
         for tp in tps:
-            if tp.topic == log_topic.get_topic_name():
-                work.pop(tp.partition, None)
-                epochs[tp.partition] = epochs.get(tp.partition, 0) + 1
+            if tp.topic == self.log_name:
+                self.parts.pop(tp.partition, None)
+                self.epochs[tp.partition] = self.epochs.get(tp.partition, 0) + 1
+
+    async def rewind(self, p: int, part: Partition) -> None:
+        """Seek the log partition back to the next offset to apply (at most twice a second:
+        records fetched before the seek still arrive and are dropped meanwhile)."""
+        now = time.monotonic()
+        if part.rewind_to == part.next_offset and now - part.rewound_at < 0.5:
+            return
+        log.warning("partition %d: seeking the log back to offset %d", p, part.next_offset)
+        part.rewind_to, part.rewound_at = part.next_offset, now
+        await self.app.consumer.seek(self.app.consumer._new_topicpartition(self.log_name, p), part.next_offset)
+
+    # ---------------------------------------------------------------- the agent
+    async def run(self, stream) -> None:
+        queue = stream.channel.queue
+        batch_max = self.settings.batch_max
+        async for event in stream.events():
+            if self.stopping:  # the worker is stopping: apply nothing more (see drain)
+                await self.boundary()
+                await asyncio.Event().wait()
+            p, offset = event.message.partition, event.message.offset
+            part = self.parts.get(p)
+            if part is None:
+                part = self.parts[p] = self.load(p)
+            part.last_event_at = time.monotonic()
+            if offset > part.next_offset:  # a gap: seek back; this record comes again
+                await self.rewind(p, part)
+                continue
+            part.rewind_to = None
+            if offset == part.next_offset:
+                t0 = time.perf_counter()
+                outputs = []
+                for _entry, produced in apply_record_entries(part.state, p, offset, event.value):
+                    outputs.extend(produced)
+                    part.entries += 1
+                self.stats.apply_s += time.perf_counter() - t0
+                send = self.app.producer.send
+                for out in outputs:
+                    self.in_flight.append(await send(self.out_names[out.topic], out.key.encode(), orjson.dumps(out.value),
+                                                     None, None, None))
+                part.next_offset = offset + 1
+                self.stats.records += 1
+                self.stats.outputs += len(outputs)
+                self.records_since += 1
+            # else: applied before (a re-delivery after a seek or a rebalance): acked with this batch
+            part.events.append(event)
+            if queue.empty() or self.records_since >= batch_max:
+                await self.boundary()
+
+    async def boundary(self) -> None:
+        """Snapshot the rows the batch changed and hand the batch to the persister."""
+        parts = []
+        for p, part in self.parts.items():
+            if not part.events:
+                continue
+            state = part.state
+            rows = [(row_key(p, key), orjson.dumps(state.row(key))) for key in sorted(state.touched)]
+            state.touched.clear()
+            last = part.next_offset - 1
+            meta = orjson.dumps({"log_offset": last})
+            parts.append((p, part.epoch, rows, meta, part.events))
+            self.stats.entries += part.entries
+            part.events, part.entries = [], 0
+        self.records_since = 0
+        if parts:
+            outputs, self.in_flight = self.in_flight, []
+            self.unpersisted += 1
+            await self.queue.put(Boundary(outputs, parts))
+
+    # ---------------------------------------------------------------- persister
+    def current(self, p: int, epoch: int) -> bool:
+        return self.epochs.get(p, 0) == epoch
+
+    async def put_rows(self, p: int, rows: list[tuple[bytes, bytes]], event) -> list:
+        """Write rows into the table's store, and to its changelog partition straight
+        through the producer (not ``table[key] = value``: faust buffers those and gives up
+        flushing after 100 ms, so offsets could be committed before the rows were sent)."""
+        futures = []
+        send = self.app.producer.send
+        with writing_for(event):
+            for key, value in rows:
+                self.table.data[key] = value
+                futures.append(await send(self.changelog, key, value, p, None, None))
+        return futures
+
+    async def persist(self) -> None:
+        """The persister task: boundaries in order, several at a time when they queue up."""
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            t0 = time.perf_counter()
+            await confirm([f for b in batch for f in b.outputs], "outputs")
+            self.maybe_die("after_outputs")  # outputs acknowledged, state not yet written
+            rows: dict[tuple[int, int], dict[bytes, bytes]] = {}
+            last: dict[tuple[int, int], tuple[bytes, list]] = {}
+            for b in batch:
+                for p, epoch, part_rows, meta, events in b.parts:
+                    rows.setdefault((p, epoch), {}).update(part_rows)
+                    meta_events = last.get((p, epoch), (b"", []))[1] + events
+                    last[(p, epoch)] = (meta, meta_events)
+            futures = []
+            for (p, epoch), part_rows in rows.items():
+                if self.current(p, epoch) and part_rows:
+                    futures += await self.put_rows(p, list(part_rows.items()), last[(p, epoch)][1][-1])
+            await confirm(futures, "state rows")
+            self.maybe_die("after_rows")  # rows durable; meta not yet written, offsets not acked
+            futures = []
+            for (p, epoch), (meta, events) in last.items():
+                if self.current(p, epoch):
+                    futures += await self.put_rows(p, [(row_key(p, "meta"), meta)], events[-1])
+            await confirm(futures, "meta rows")
+            for (p, epoch), (_meta, events) in last.items():
+                if self.current(p, epoch):
+                    for event in events:
+                        event.ack()
+            self.persisted += len(batch)
+            self.unpersisted -= len(batch)
+            self.stats.boundaries += len(batch)
+            self.stats.persist_s += time.perf_counter() - t0
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop applying, then wait until every batch applied is durable (or the timeout).
+        A batch in progress is handed over at the agent's next record, or is already
+        complete: the agent ends a batch whenever its input queue is empty."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout_s
+        while self.unpersisted and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def watchdog(self) -> None:
+        """A partition whose log has records past the next offset to apply but delivered
+        nothing for a while is sought back there (recovers a fetch position lost by the
+        consumer, e.g. after records were dropped around a seek)."""
+        consumer = self.app.consumer
+        stall_s = self.settings.stall_timeout_s
+        for p, part in list(self.parts.items()):
+            tp = consumer._new_topicpartition(self.log_name, p)
+            if tp not in consumer.assignment():
+                continue
+            try:
+                end = consumer.highwater(tp)
+            except Exception:
+                continue
+            if end is not None and end > part.next_offset and time.monotonic() - part.last_event_at > stall_s:
+                log.warning("partition %d: no log record for %.0f s with the log at %d and the state at %d",
+                            p, stall_s, end, part.next_offset)
+                part.rewind_to = None
+                part.last_event_at = time.monotonic()
+                await self.rewind(p, part)
+
+
+# =========================================================================== the app
+def create_app(settings: Settings) -> faust.App:
+    _patch_fetch_wait(settings.fetch_max_wait_ms)
+    app = faust.App(settings.app_id, autodiscover=False, **faust_config(settings))
+    log_topic = app.topic(settings.topic(LOG), key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    stats = Stats()
+    engine = Engine(app, table, settings, stats)
+    router = Router(app, settings, stats)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:  # noqa: ARG001
-        forget(revoked)
-
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender, assigned, **kwargs) -> None:  # noqa: ARG001
-        forget(assigned)
-
-    out_names = {name: settings.topic(name) for name in OUTPUT_TOPICS}
-    log_name = settings.topic(LOG)
-
-    in_flight: list = []  # delivery futures of the current batch, checked before its acks
-
-    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None):
-        """Hand one record to the producer (no wait for the broker: ``flush`` does that);
-        return its delivery future. Straight to faust's producer: its Topic/Channel layer
-        costs ~400 µs a record."""
-        return await app.producer.send(topic, key, value, partition, None, None)
-
-    async def publish(outputs: list[Output]) -> None:
-        for out in outputs:
-            in_flight.append(await send(out_names[out.topic], out.key.encode(), orjson.dumps(out.value)))
-
-    def routed(future) -> None:
-        """Done-callback of the router's sends: a record the broker refused (after the
-        producer's retries) must not be followed by the commit of its input offset."""
-        if not future.cancelled() and future.exception() is not None:
-            log.critical("a log record was not delivered: %r; exiting before its input offset is committed",
-                         future.exception())
-            logging.shutdown()
-            os._exit(70)
-
-    async def flushed() -> None:
-        """Flush the producer, then raise if any record of this batch was not delivered
-        (aiokafka's flush waits for every send but does not report failures)."""
-        await app.producer.flush()
-        failed = [f.exception() for f in in_flight if f.done() and not f.cancelled() and f.exception() is not None]
-        pending = [f for f in in_flight if not f.done()]
-        in_flight.clear()
-        if failed or pending:
-            raise RuntimeError(f"{len(failed)} records not delivered ({failed[:1]!r}), {len(pending)} still pending")
-
-    changelog_name = table.changelog_topic.get_topic_name()
-
-    async def put_row(p: int, key: bytes, value: bytes) -> None:
-        """Write one state row: into the table's store, and to its changelog partition
-        straight through the producer, the delivery checked before the batch is acked.
-        Not ``table[key] = value``: faust queues those in a buffer whose flush gives up
-        after 100 ms, so offsets could be committed before the rows were sent (seen:
-        state lost across a SIGKILL)."""
-        table.data[key] = value
-        in_flight.append(await app.producer.send(changelog_name, key, value, p, None, None))
-
-    async def flush(stream) -> None:
-        """End the batch of every partition: outputs acked, then rows written, then acks."""
-        busy = {p: w for p, w in work.items() if w.pending}
-        if not busy:
-            return
-        started = {p: epochs.get(p, 0) for p in busy}
-        t0 = time.perf_counter()
-        await flushed()  # every output of the batch delivered
-        t1 = time.perf_counter()
-        stats["flush_s"] += t1 - t0
-        stats["batches"] += 1
-        batches_done[0] += 1
-        maybe_die("after_outputs")  # outputs acknowledged, state not yet written
-        assignment = app.consumer.assignment()
-        to_ack = []
-        for p, w in busy.items():
-            events, w.pending = w.pending, []
-            if epochs.get(p, 0) != started[p] or events[-1].message.tp not in assignment:
-                continue  # revoked meanwhile: the new owner re-applies from the commit point
-            token = _current_event.set(weakref.ref(events[-1]))  # rocksdb stores by event partition
-            try:
-                for key in sorted(w.state.touched):
-                    await put_row(p, row_key(p, key), orjson.dumps(w.state.row(key)))
-                w.state.touched.clear()
-                # last, so that a durable meta row implies every row of the batch is durable
-                await put_row(p, row_key(p, "meta"), orjson.dumps({"log_offset": events[-1].message.offset}))
-            finally:
-                _current_event.reset(token)
-            to_ack.extend(events)
-        await flushed()  # every row delivered before any event of the batch is acked
-        maybe_die("after_rows")  # state written, offsets not yet acked or committed
-        for ev in to_ack:
-            await stream.ack(ev)
-        stats["persist_s"] += time.perf_counter() - t1
+        engine.forget(revoked)
+        await app.producer.flush()  # rows already handed over land before the new owner reads
 
     @app.agent(log_topic, name="apply_log")
     async def apply_log(stream):
-        stream = stream.noack()
-        queue = stream.channel.queue
         try:
-            async for event in stream.events():
-                p = event.message.partition
-                w = work.get(p)
-                if w is None:
-                    w = work[p] = await load(p, event.message.offset)
-                w.pending.append(event)
-                await handle(p, w.state, event)
-                if len(w.pending) >= settings.batch_max or queue.empty():
-                    await flush(stream)
+            await engine.run(stream.noack())
         except asyncio.CancelledError:
             raise  # shutdown
         except BaseException:
             die("apply_log")
 
-    async def handle(p: int, state: EngineState, event) -> None:
-        t0 = time.perf_counter()
-        outputs = apply_entry(state, p, event.message.offset, event.value)
-        t1 = time.perf_counter()
-        await publish(outputs)
-        stats["events"] += 1
-        stats["outputs"] += len(outputs)
-        stats["apply_s"] += t1 - t0
-        stats["send_s"] += time.perf_counter() - t1
+    @app.task
+    async def persister() -> None:
+        try:
+            await engine.persist()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            die("persister")
 
-    stats: dict[str, float] = dict.fromkeys(("events", "outputs", "batches", "apply_s", "send_s", "flush_s", "persist_s"), 0)
+    @app.task
+    async def route() -> None:
+        try:
+            await router.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            die("router")
+
+    @app.timer(interval=max(1.0, settings.stall_timeout_s / 2))
+    async def watchdog() -> None:
+        try:
+            await engine.watchdog()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            die("watchdog")
 
     @app.timer(interval=10.0)
     async def report_stats() -> None:
-        """Every 10 s at INFO: events applied, batches, and where the time went."""
-        if stats["events"]:
-            log.info(
-                "applied %d events (%d outputs) in %d batches; apply %.2fs send %.2fs flush %.2fs persist %.2fs",
-                stats["events"], stats["outputs"], stats["batches"],
-                stats["apply_s"], stats["send_s"], stats["flush_s"], stats["persist_s"],
-            )
-            for key in stats:
-                stats[key] = 0
+        """Every 10 s at INFO: what the router and the engine did, and where time went."""
+        if stats.routed or stats.records:
+            log.info("%s", stats.line())
+            stats.reset()
 
     app.kpimargin_settings = settings  # type: ignore[attr-defined]
+    app.kpimargin_engine = engine  # type: ignore[attr-defined]
     return app
 
 
@@ -372,12 +561,12 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings)
 
     @app.task
-    async def install_task_dump() -> None:
+    async def install_signals() -> None:
         """SIGUSR1 prints every asyncio task's stack to stderr (diagnosing a stuck worker);
-        SIGTERM and SIGINT exit at once (see ``stop_now``)."""
-        import asyncio
-        import signal
+        SIGTERM and SIGINT stop the worker (see ``stop``)."""
         import sys
+
+        loop = asyncio.get_running_loop()
 
         def dump() -> None:
             for task in asyncio.all_tasks():
@@ -390,21 +579,19 @@ def run_worker(settings: Settings) -> None:
                     coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
             sys.stderr.flush()
 
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
-
-        def stop_now() -> None:
-            """SIGTERM/SIGINT: stop the way a crash does, not through faust's shutdown.
-            faust's graceful stop was seen to commit log offsets past the last persisted
-            batch (the restarted worker found its changelog behind the committed offset),
-            whereas a hard exit is exactly the case the crash tests prove: everything not
-            committed is re-applied on restart, idempotently. The cost is that the group
-            notices the member is gone only after the session timeout."""
-            log.warning("stopping: exiting now; uncommitted events are re-applied by the next worker")
+        async def stop() -> None:
+            """Let the persister make what was applied durable (a few seconds at most),
+            then exit at once -- not through faust's shutdown, which was seen to commit
+            log offsets past the last durable batch. Whatever is not durable is applied
+            again by the next owner of the partition, idempotently."""
+            log.warning("stopping: making applied batches durable, then exiting")
+            await app.kpimargin_engine.drain(timeout_s=5.0)  # type: ignore[attr-defined]
             logging.shutdown()
             os._exit(0)
 
+        loop.add_signal_handler(signal.SIGUSR1, dump)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop_now)
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(stop()))
 
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

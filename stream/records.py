@@ -302,13 +302,30 @@ def record_id(kind: str, key: str, cause: Cause) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+# A dead letter keeps at most this much of the raw message: an oversized input must not
+# make an oversized dead letter (the broker would refuse it, and the partition would stop).
+DEADLETTER_RAW_MAX_BYTES = 65_536
+
+
+def _raw_text(raw: bytes, truncated: bool) -> str | None:
+    """The raw bytes as UTF-8 text, or None when they are not; a cut may split the last
+    character of a truncated message, so up to three trailing bytes may be dropped."""
+    for cut in range(4 if truncated else 1):
+        try:
+            return raw[: len(raw) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
 def deadletter_record(source_topic: str, partition: int, offset: int | None, raw: bytes, error: Exception) -> dict:
-    """The dead-letter record: source coordinates, the reason, and the raw bytes (SPEC §3)."""
+    """The dead-letter record: source coordinates, the reason, and the raw bytes (SPEC §3),
+    the first :data:`DEADLETTER_RAW_MAX_BYTES` of them (``raw_bytes`` is the full size)."""
     info = error.as_dict() if isinstance(error, Rejected) else {"reason": "internal_error", "field": None, "detail": repr(error)}
-    try:
-        raw_text: str | None = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raw_text = None
+    size = len(raw)
+    truncated = size > DEADLETTER_RAW_MAX_BYTES
+    raw = raw[:DEADLETTER_RAW_MAX_BYTES]
+    raw_text = _raw_text(raw, truncated)
     cause = Cause(source_topic, partition, offset, "")
     return {
         "id": record_id("deadletter", "", cause),
@@ -318,4 +335,6 @@ def deadletter_record(source_topic: str, partition: int, offset: int | None, raw
         "detail": info["detail"],
         "raw": raw_text,
         "raw_b64": base64.b64encode(raw).decode("ascii"),
+        "raw_bytes": size,
+        "raw_truncated": truncated,
     }

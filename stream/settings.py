@@ -35,7 +35,23 @@ class Settings:
     producer_linger_ms: float = setting(
         "KPIMARGIN_PRODUCER_LINGER_MS", 5.0, "How long the producer waits to batch records into one request (latency vs. throughput)."
     )
-    batch_max: int = setting("KPIMARGIN_BATCH_MAX", 500, "Most log events applied before outputs are flushed and state is persisted.")
+    request_timeout_s: float = setting(
+        "KPIMARGIN_REQUEST_TIMEOUT_S", 30.0,
+        "How long a broker request (send, fetch, commit) may take before it fails; an undelivered send stops the worker, and a restart resumes from the last durable state.",
+    )
+    router_batch_max: int = setting(
+        "KPIMARGIN_ROUTER_BATCH_MAX", 2000, "Most input messages the router forwards per fetch (one margin.log record per log partition per fetch)."
+    )
+    log_record_max_bytes: int = setting(
+        "KPIMARGIN_LOG_RECORD_MAX_BYTES", 524_288, "Largest margin.log record the router writes (entries beyond it start a new record)."
+    )
+    batch_max: int = setting("KPIMARGIN_BATCH_MAX", 500, "Most log records applied before a batch is handed to the persister (a batch also ends whenever the log is drained).")
+    persist_queue_max: int = setting(
+        "KPIMARGIN_PERSIST_QUEUE_MAX", 8, "Most batches waiting to be made durable before the engine waits for the persister (back-pressure)."
+    )
+    stall_timeout_s: float = setting(
+        "KPIMARGIN_STALL_TIMEOUT_S", 10.0, "A log partition with records to apply that delivered none for this long is sought back to its next offset."
+    )
     call_update_threshold: Decimal = setting(
         "KPIMARGIN_CALL_UPDATE_THRESHOLD", Decimal("0.01"), "Shortfall change (dollars) that publishes an UPDATED call."
     )
@@ -43,7 +59,7 @@ class Settings:
         "KPIMARGIN_DEDUP_HORIZON_S", 604_800,
         "How long (event time) fill and movement ids are remembered for deduplication; older events are dead-lettered as outside_dedup_horizon. 0 remembers ids forever (memory grows with every id).",
     )
-    max_message_bytes: int = setting("KPIMARGIN_MAX_MESSAGE_BYTES", 1_048_576, "Input messages larger than this go to the dead-letter topic.")
+    max_message_bytes: int = setting("KPIMARGIN_MAX_MESSAGE_BYTES", 131_072, "Input messages larger than this go to the dead-letter topic.")
     web_enabled: bool = setting("KPIMARGIN_WEB_ENABLED", False, "Run faust's web server (table browsing stays disabled).")
     web_bind: str = setting("KPIMARGIN_WEB_BIND", "127.0.0.1", "Address faust's web server binds to when enabled.")
     web_port: int = setting("KPIMARGIN_WEB_PORT", 6066, "Port of faust's web server when enabled.")
@@ -75,6 +91,14 @@ class Settings:
     def validate(self) -> None:
         if self.partitions < 1:
             raise ValueError("KPIMARGIN_PARTITIONS must be at least 1")
+        for name in ("batch_max", "router_batch_max", "persist_queue_max", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_env(name)} must be at least 1")
+        if self.log_record_max_bytes < 2 * self.max_message_bytes:
+            raise ValueError("KPIMARGIN_LOG_RECORD_MAX_BYTES must be at least twice KPIMARGIN_MAX_MESSAGE_BYTES "
+                             "(a log entry re-encodes one input message)")
+        if self.request_timeout_s <= 0 or self.stall_timeout_s <= 0:
+            raise ValueError("KPIMARGIN_REQUEST_TIMEOUT_S and KPIMARGIN_STALL_TIMEOUT_S must be positive")
         if self.dedup_horizon_s < 0:
             raise ValueError("KPIMARGIN_DEDUP_HORIZON_S must be 0 (forever) or a number of seconds")
         if not self.store.startswith(("memory://", "rocksdb://")):
@@ -106,6 +130,11 @@ class Settings:
     def documentation(cls) -> list[tuple[str, str, str]]:
         """(variable, default, meaning) rows, for the CLI help and the README."""
         return [(f.metadata["env"], _render(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+def _env(name: str) -> str:
+    """The environment variable of a settings field."""
+    return next(f.metadata["env"] for f in fields(Settings) if f.name == name)
 
 
 def _convert(name: str, type_: Any, raw: str, env: str) -> Any:

@@ -24,7 +24,7 @@ from stream.cli_stream import start_worker_process, stop_process
 from stream.demo import publish_phases, wait_until
 from stream.engine import EngineState
 from stream.kafka import ensure_topics, read_topic
-from stream.ordered_log import replay
+from stream.ordered_log import entry_source, record_entries, replay
 from stream.settings import Settings
 from stream.topics import CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
 
@@ -79,6 +79,7 @@ class Cluster:
         self.tmp = tmp
         self.workers: list = []
         self.started = 0
+        self.sources: set[tuple[str, int, int]] = set()
         asyncio.run(ensure_topics(settings))
 
     def start_worker(self, settings: Settings | None = None, data_dir: str | None = None):
@@ -110,6 +111,22 @@ class Cluster:
     # -- topics
     def publish(self, phases: list[dict], after_publish=None, timeout_s: float = 90.0) -> None:
         asyncio.run(publish_phases(self.settings, phases, after_publish=after_publish, timeout_s=timeout_s))
+
+    def publish_messages(self, runs: list[tuple[str, list[dict]]]) -> None:
+        """Publish ``(topic, messages)`` runs one after the other, without waiting for the
+        processor (the log's order is then whatever the router sees)."""
+        from stream.kafka import publish
+
+        async def run():
+            for topic, messages in runs:
+                for partition, offset in await publish(self.settings, topic, [orjson.dumps(m) for m in messages]):
+                    self.sources.add((topic, partition, offset))
+
+        asyncio.run(run())
+
+    def published_sources(self) -> set[tuple[str, int, int]]:
+        """(topic, partition, offset) of every message published with :meth:`publish_messages`."""
+        return set(self.sources)
 
     def read(self, topic: str, idle_s: float = 2.0) -> list[tuple[int, int, bytes]]:
         async def run():
@@ -151,14 +168,15 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
 
-    def committed(self, topics: list[str]) -> dict[tuple[str, int], int]:
-        """The consumer group's committed offset of every partition of ``topics``."""
+    def committed(self, topics: list[str], group: str | None = None) -> dict[tuple[str, int], int]:
+        """A consumer group's committed offset of every partition of ``topics`` (the
+        processor's group by default)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         from stream.kafka import client_kwargs
 
         async def run():
-            consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=self.settings.app_id,
+            consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=group or self.settings.app_id,
                                         enable_auto_commit=False)
             await consumer.start()
             try:
@@ -185,21 +203,16 @@ class Cluster:
         return ends
 
     def wait_consumed(self, timeout_s: float = 90.0) -> None:
-        """Wait until the group has committed every input event and every log entry. A log
-        offset is committed only after the outputs of its batch were acknowledged."""
-        topics = [*INPUT_TOPICS, LOG]
+        """Wait until the router's group has committed every input (it commits only after
+        the log records are acknowledged) and then the processor's group every log record
+        (committed only once the batch's outputs, rows and meta row are durable)."""
+        router_group = f"{self.settings.app_id}-router"
         deadline = time.monotonic() + timeout_s
         while True:
             self.assert_alive()
-            ends = self.ends(topics)  # inputs first, then the log they were forwarded to
-            committed = self.committed(topics)
-            behind = {(t, p): (committed[(t, p)], end) for (t, p), end in ends.items() if committed[(t, p)] < end}
-            if behind and all(t != LOG for t, _ in behind):
-                # faust's router commit can stall behind an offset it never saw (a gap), with
-                # every input routed: then count the inputs the log or the dead letters hold
-                routed = self.routed_sources()
-                behind = {tp: v for tp, v in behind.items()
-                          if any((tp[0], tp[1], o) not in routed for o in range(v[0], v[1]))}
+            behind = self.behind(list(INPUT_TOPICS), router_group)
+            if not behind:  # the log is read after the inputs are committed: it holds them all
+                behind = self.behind([LOG], self.settings.app_id)
             if not behind:
                 return
             if time.monotonic() > deadline:
@@ -207,16 +220,23 @@ class Cluster:
                                      f"(committed, end) {behind}\n{self.logs()}")
             time.sleep(0.5)  # polling interval between two reads of the broker
 
+    def behind(self, topics: list[str], group: str) -> dict[tuple[str, int], tuple[int, int]]:
+        """``(committed, end)`` of the partitions of ``topics`` the group has not consumed."""
+        ends = self.ends(topics)
+        committed = self.committed(topics, group)
+        return {tp: (committed[tp], end) for tp, end in ends.items() if committed[tp] < end}
+
     def routed_sources(self) -> set[tuple[str, int, int]]:
         """(topic, partition, offset) of every input the log or the dead-letter topic holds."""
         sources = set()
-        for topic in (LOG, DEADLETTER):
-            for _p, _o, value in self.read(topic, idle_s=1.0):
-                try:
-                    src = orjson.loads(value)["source"]
-                    sources.add((src["topic"], int(src["partition"]), int(src["offset"])))
-                except (ValueError, KeyError, TypeError):
-                    continue
+        for _p, _o, value in self.read(LOG, idle_s=1.0):
+            for entry in record_entries(value):
+                source = entry_source(entry)
+                if source is not None:
+                    sources.add(source[:3])
+        for _p, _o, value in self.read(DEADLETTER, idle_s=1.0):
+            src = orjson.loads(value)["source"]
+            sources.add((src["topic"], int(src["partition"]), int(src["offset"])))
         return sources
 
     def settle(self, timeout_s: float = 90.0) -> dict[str, dict]:

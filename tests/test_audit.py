@@ -26,7 +26,7 @@ from stream.audit import (
 )
 from stream.demo import load_scenario
 from stream.kafka import publish
-from stream.ordered_log import encode_entry, replay
+from stream.ordered_log import encode_entry, encode_record, expand, replay
 from stream.timeutil import parse_time_us
 from stream.topics import CALLS, COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, TICKS
 
@@ -163,7 +163,8 @@ def test_export_then_replay_from_the_directory_round_trips(run):
     for line in (run["export"] / f"{LOG}.jsonl").read_bytes().splitlines():
         obj = orjson.loads(line)
         assert set(obj) == {"partition", "offset", "timestamp", "key", "value"}
-        assert obj["value"]["source"]["topic"] and isinstance(obj["key"], str)
+        entries = obj["value"]["entries"]
+        assert entries and all(e["source"]["topic"] for e in entries) and obj["key"] is None
 
 
 def test_report_writes_a_png(run):
@@ -193,8 +194,8 @@ WEB = load_example("web_listing.json")
 
 
 def _small_log() -> list[tuple[int, int, bytes]]:
-    """Two log partitions built by hand with encode_entry: listings and a tick in both,
-    each account's deposit and fills in its own partition."""
+    """Two log partitions built by hand with encode_entry, one entry per record: listings
+    and a tick in both, each account's deposit and fills in its own partition."""
     entries = []
     for p in (0, 1):
         entries += [(p, 0, encode_entry(LISTINGS, 0, 0, TSLA)), (p, 1, encode_entry(LISTINGS, 0, 1, WEB)),
@@ -207,7 +208,7 @@ def _small_log() -> list[tuple[int, int, bytes]]:
             fill = {"trade_id": f"T-{account}{i}", "account_id": account, "contract_id": contract, "side": "BUY",
                     "price": price, "notional": 5000, "ts": "2026-04-10T02:00:00Z"}
             entries.append((p, 4 + i, encode_entry(FILLS, p, i, fill)))
-    return sorted(entries)
+    return sorted((p, o, encode_record([entry])) for p, o, entry in entries)
 
 
 def _published(entries) -> dict[str, list[Record]]:
@@ -259,9 +260,9 @@ def test_field_diffs_names_nested_fields():
 
 
 def test_explain_on_an_in_memory_log_matches_the_last_requirement():
-    entries = route_offline([(ph["topic"], m) for ph in PHASES for m in ph["messages"]], 4)
-    result = explain(entries, "GAMMA", parse_time_us("2026-05-01T00:00:00Z", "at"))
-    last = [out.value for _p, _o, out in replay([e for e in entries if e[0] == result["log_partition"]])
+    records = route_offline([(ph["topic"], m) for ph in PHASES for m in ph["messages"]], 4)
+    result = explain(expand(records), "GAMMA", parse_time_us("2026-05-01T00:00:00Z", "at"))
+    last = [out.value for _p, _o, out in replay([r for r in records if r[0] == result["log_partition"]])
             if out.topic == REQUIREMENTS and out.value["account_id"] == "GAMMA" and out.value["as_of"] <= "2026-05-01T00:00:00Z"][-1]
     assert (result["im"], result["equity"]) == (last["im"], last["equity"])
     assert result["positions"] == last["positions"]

@@ -2,7 +2,7 @@
 reaches the dead-letter topic with its specific reason and changes no state.
 
 ``OfflineProcessor`` runs exactly the worker's logic without Kafka -- the router
-(:func:`route_input`) then the engine per log partition (:func:`apply_entry`) -- so the
+(:func:`route_batch`) then the engine per log partition (:func:`apply_record`) -- so the
 fixed corpus and the generated messages are checked quickly and exhaustively; one
 integration test then sends the whole corpus through a real broker and worker.
 """
@@ -23,13 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.engine import EngineState
-from stream.ordered_log import apply_entry, route_input
+from stream.ordered_log import apply_record, route_batch
 from stream.topics import COLLATERAL, DEADLETTER, FILLS, FLASH, INPUT_TOPICS, LISTINGS, SETTLEMENTS, TICKS
 
 from .conftest import TSLA, load_example
 
 CORPUS = [orjson.loads(line) for line in (Path(__file__).parent / "corpus" / "bad_inputs.jsonl").read_bytes().splitlines()]
 MAX_BYTES = 65_536
+RECORD_BYTES = 4 * MAX_BYTES
 SETTLED = {
     "contract_id": "OLD-SETTLED-2026", "kpi": "settled before the test starts", "lower": 50, "upper": 150,
     "listing_time": "2026-01-01T00:00:00Z", "settlement_time": "2026-04-01T00:00:00Z",
@@ -56,10 +57,10 @@ class OfflineProcessor:
         self.log_offsets = {p: itertools.count() for p in range(partitions)}
 
     def feed(self, topic: str, raw: bytes) -> list:
-        entries, rejected = route_input(topic, 0, next(self.offsets[topic]), raw, self.partitions, MAX_BYTES)
-        outputs = [rejected] if rejected is not None else []
-        for p, _key, entry in entries:
-            outputs.extend(apply_entry(self.states[p], p, next(self.log_offsets[p]), entry))
+        records, outputs = route_batch([(topic, 0, next(self.offsets[topic]), raw)], self.partitions, MAX_BYTES,
+                                       RECORD_BYTES)
+        for p, record in records:
+            outputs.extend(apply_record(self.states[p], p, next(self.log_offsets[p]), record))
         return outputs
 
     def feed_obj(self, topic: str, obj: dict) -> list:

@@ -1,18 +1,23 @@
-"""Crash test: a long scenario while workers are SIGKILLed again and again.
+"""Crash test: a long scenario published while workers are SIGKILLed again and again.
 
 ``KPIMARGIN_CRASH_EVENTS`` events (10,000 by default, so that CI stays within minutes;
 ``KPIMARGIN_CRASH_EVENTS=100000`` is the full-size run) over 400 accounts and three
-contracts; ``KPIMARGIN_CRASH_KILLS`` kills (default 20) of four kinds, rotating:
+contracts, published in ``KPIMARGIN_CRASH_KILLS`` chunks (default 20), one per round. Each
+round starts worker(s), publishes its chunk and crashes them one of four ways, rotating:
 
-* ``random``: SIGKILL at a random moment of a running worker's life;
-* ``after_outputs``: the worker kills itself right after a batch's outputs are acknowledged
-  and before its state is written (between output send and offset commit);
-* ``after_rows``: right after the state rows are written, before the offsets are acked;
-* ``in_recovery``: while loading a partition's state after a restart (changelog recovery).
+* ``random``: two workers at once (partitions are split and handed over when one dies),
+  each SIGKILLed at a random moment -- joining, recovering, processing or idle;
+* ``after_outputs``: the worker kills itself right after a batch's outputs are
+  acknowledged and before its state is written (between output send and offset commit);
+* ``after_rows``: right after the batch's state rows are durable, before its meta row and
+  its offsets;
+* ``in_recovery``: while loading a partition's state (changelog recovery).
 
-At the end the published records (deduplicated by id, content compared) equal what a
-clean run of the same log publishes -- the pure replay of ``margin.log`` -- the persisted
-state equals the replayed state, and ``kpimargin replay`` reports zero mismatches.
+A last worker then finishes the log. At the end every published input is in the log or the
+dead letters (the router lost nothing), the published records (deduplicated by id, content
+compared) equal what a clean run of the same log publishes -- the pure replay of
+``margin.log`` -- the persisted state equals the replayed state, and ``kpimargin replay``
+reports zero mismatches.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 
 import orjson
 import pytest
 
+from stream.ordered_log import record_entries
 from stream.topics import COLLATERAL, FILLS, FLASH, LISTINGS, TICKS
 
 from .conftest import TSLA, load_example
@@ -82,68 +87,82 @@ def scenario(events: int, seed: int = 7) -> list[dict]:
     return phases
 
 
-class Killer(threading.Thread):
-    """Restarts and kills workers, rotating the four kinds of crash, until ``kills`` is reached."""
+def chunked(phases: list[dict], chunks: int) -> list[list[tuple[str, list[dict]]]]:
+    """The scenario's messages in order, cut into ``chunks`` pieces of about equal size,
+    each a list of ``(topic, messages)`` runs to publish one after the other."""
+    flat = [(ph["topic"], m) for ph in phases for m in ph["messages"]]
+    size = -(-len(flat) // chunks)
+    pieces = []
+    for i in range(0, len(flat), size):
+        runs: list[tuple[str, list[dict]]] = []
+        for topic, message in flat[i:i + size]:
+            if runs and runs[-1][0] == topic:
+                runs[-1][1].append(message)
+            else:
+                runs.append((topic, [message]))
+        pieces.append(runs)
+    return pieces
 
-    KINDS = ("random", "after_outputs", "after_rows", "in_recovery")
 
-    def __init__(self, cluster: Cluster, kills: int, seed: int = 11):
-        super().__init__(daemon=True)
-        self.cluster, self.kills, self.rnd = cluster, kills, random.Random(seed)
-        self.done: dict[str, int] = dict.fromkeys(self.KINDS, 0)
-        self.error: BaseException | None = None
+KINDS = ("random", "after_outputs", "after_rows", "in_recovery")
 
-    def run(self) -> None:
-        try:
-            for i in range(self.kills):
-                kind = self.KINDS[i % len(self.KINDS)]
-                if kind == "random":
-                    worker = self.cluster.start_worker()
-                    deadline = time.monotonic() + self.rnd.uniform(4.0, 12.0)
-                    while time.monotonic() < deadline and worker.poll() is None:
-                        time.sleep(0.05)  # fault injection at a random moment, not synchronisation
-                    self.cluster.kill(worker)
-                else:
-                    at = f":{self.rnd.randint(1, 40)}" if kind != "in_recovery" else ""
-                    settings = replace(self.cluster.settings, fault_injection=f"{kind}{at}")
-                    worker = self.cluster.start_worker(settings)
-                    try:
-                        worker.wait(timeout=90)  # it kills itself when it reaches the point
-                    except subprocess.TimeoutExpired:
-                        self.cluster.kill(worker)  # it never got there (e.g. nothing left to do)
-                    else:
-                        self.cluster.workers.remove(worker)
-                self.done[kind] += 1
-            self.cluster.start_worker()  # the survivor finishes the log
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
+
+def storm(cluster: Cluster, pieces: list, kills: int, rnd: random.Random) -> dict[str, int]:
+    """Round after round: start worker(s), publish the round's chunk, crash them."""
+    done = dict.fromkeys(KINDS, 0)
+    for i in range(max(kills, len(pieces))):
+        kind = KINDS[i % len(KINDS)]
+        piece = pieces[i] if i < len(pieces) else []
+        if kind == "random":
+            workers = [cluster.start_worker(), cluster.start_worker()]
+            started = time.monotonic()
+            cluster.publish_messages(piece)
+            for worker, at in zip(workers, sorted(rnd.uniform(1.0, 12.0) for _ in workers)):
+                while time.monotonic() < started + at and worker.poll() is None:
+                    time.sleep(0.05)  # a random moment of the worker's life: fault injection, not synchronisation
+                assert worker.poll() is None, f"worker exited with {worker.returncode}\n{cluster.logs()}"
+                cluster.kill(worker)
+                done[kind] += 1
+        else:
+            at = f":{rnd.randint(0, 2)}" if kind != "in_recovery" else ""
+            worker = cluster.start_worker(replace(cluster.settings, fault_injection=f"{kind}{at}"))
+            cluster.publish_messages(piece)
+            try:
+                code = worker.wait(timeout=90)  # it kills itself when it reaches the point
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"the worker never reached {kind}{at}\n{cluster.logs()}") from None
+            assert code == -9, f"worker exited with {code}, not by its fault injection\n{cluster.logs()}"
+            cluster.workers.remove(worker)
+            done[kind] += 1
+    return done
 
 
 def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys):
     phases = scenario(EVENTS)
+    pieces = chunked(phases, KILLS)
     with kafka_bootstrap() as bootstrap:
-        cluster = Cluster(fresh_settings(bootstrap, tmp_path, batch_max=200), tmp_path)
-        killer = Killer(cluster, KILLS)
-        killer.start()
+        cluster = Cluster(fresh_settings(bootstrap, tmp_path, batch_max=20), tmp_path)
         try:
-            cluster.publish(phases, timeout_s=900)
-            killer.join(timeout=1500)
-            assert not killer.is_alive() and killer.error is None, killer.error
-
-            outputs = cluster.settle(timeout_s=900)
+            kills = storm(cluster, pieces, KILLS, random.Random(11))
+            cluster.start_worker()  # the survivor finishes the log
+            outputs = cluster.settle(timeout_s=600)
             replayed, states = cluster.replayed()
             rows = cluster.table_rows()
-            log_entries = len(cluster.read("margin.log", idle_s=2.0))
+            log_records = cluster.read("margin.log", idle_s=2.0)
+            routed = cluster.routed_sources()
             proc = subprocess.run([sys.executable, "-m", "stream", "replay"], env={**os.environ, **cluster.settings.env()},
                                   capture_output=True, text=True, timeout=900)
         finally:
             cluster.stop()
     published = sum(len(p["messages"]) for p in phases)
+    log_entries = sum(len(record_entries(value)) for _p, _o, value in log_records)
     with capsys.disabled():
-        print(f"\ncrash test: {published} input events, {log_entries} log entries, kills {killer.done} "
-              f"({sum(killer.done.values())} in all, {cluster.started} worker starts), {len(outputs)} distinct records published, "
-              f"{len(replayed)} recomputed by replay; replay tool exit {proc.returncode}")
-    assert published >= EVENTS and sum(killer.done.values()) >= KILLS
+        print(f"\ncrash test: {published} input events, {log_entries} log entries in {len(log_records)} records, "
+              f"kills {kills} ({sum(kills.values())} in all, {cluster.started} worker starts), "
+              f"{len(outputs)} distinct records published, {len(replayed)} recomputed by replay; "
+              f"replay tool exit {proc.returncode}")
+    assert published >= EVENTS and sum(kills.values()) >= KILLS and all(kills.values())
+    assert routed == cluster.published_sources(), "inputs missing from the log and the dead letters"
     assert set(outputs) == set(replayed)
     for rid, record in replayed.items():
         assert outputs[rid] == record
