@@ -1,12 +1,14 @@
 """Offline replay throughput of the audit tool: ``python -m bench.replay [--accounts N] [--repeat R]``.
 
-Builds a synthetic ``margin.log`` in memory with :func:`stream.ordered_log.encode_entry`
-(via :func:`stream.audit.route_offline`, routed like the router over 4 partitions):
-20 listings (copies of the two example contracts), one tick per round of fills and two
-flashes, and for each account one deposit and 24 fills over up to 13 contracts. Then times
+Builds a synthetic ``margin.log`` in memory with the router's own function
+(:func:`stream.ordered_log.route_batch`, ``--batch`` input messages per record as one
+router fetch, over 4 partitions): 20 listings (copies of the two example contracts), one
+tick per round of fills and two flashes, and for each account one deposit and 24 fills
+over up to 13 contracts. Then times
 
-* ``recompute``: the replay proper, a fresh EngineState per log partition and
-  :func:`stream.ordered_log.apply_entry` on every entry (what ``kpimargin replay`` runs);
+* ``recompute``: the replay proper, the records decoded into entries, a fresh EngineState
+  per log partition and :func:`stream.ordered_log.apply_entry` on every entry (what
+  ``kpimargin replay`` runs);
 * ``run_replay``: recompute plus the comparison with "published" records (here exactly
   the recomputed ones, serialised as a worker would), i.e. the whole audit after reading.
 
@@ -28,8 +30,8 @@ from pathlib import Path
 import orjson
 
 import stream
-from stream.audit import Record, as_records, recompute, route_offline, run_replay
-from stream.ordered_log import replay
+from stream.audit import Record, as_records, log_entries, recompute, run_replay
+from stream.ordered_log import replay, route_batch
 from stream.topics import CALLS, COLLATERAL, FILLS, FLASH, LISTINGS, LOG, REQUIREMENTS, TICKS
 
 EXAMPLES = Path(stream.__file__).resolve().parent / "examples"
@@ -82,10 +84,26 @@ def messages(accounts: int) -> list[tuple[str, dict]]:
     return msgs
 
 
-def published(entries) -> dict[str, list[Record]]:
+def route_log(msgs: list[tuple[str, dict]], batch: int) -> list[tuple[int, int, bytes]]:
+    """``margin.log`` as ``(partition, offset, record)``: the router's records, ``batch``
+    input messages per fetch, each source topic one partition."""
+    offsets: dict[str, int] = {}
+    inputs = []
+    for topic, message in msgs:
+        offsets[topic] = offsets.get(topic, -1) + 1
+        inputs.append((topic, 0, offsets[topic], orjson.dumps(message)))
+    log, next_offset = [], [0] * PARTITIONS
+    for i in range(0, len(inputs), batch):
+        for p, record in route_batch(inputs[i:i + batch], PARTITIONS, 131_072, 524_288)[0]:
+            log.append((p, next_offset[p], record))
+            next_offset[p] += 1
+    return sorted(log)
+
+
+def published(records) -> dict[str, list[Record]]:
     """Requirements and calls as a faithful worker would have published them."""
     topics: dict[str, list[Record]] = {REQUIREMENTS: [], CALLS: []}
-    for _p, _o, out in replay(entries):
+    for _p, _o, out in replay(records):
         if out.topic in topics:
             topics[out.topic].append(Record(0, len(topics[out.topic]), None, out.key.encode(), orjson.dumps(out.value)))
     return topics
@@ -108,30 +126,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=2000, help="accounts (each: 1 deposit + 24 fills)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=500, help="input messages per router fetch (per log record)")
     args = parser.parse_args()
 
-    entries = route_offline(messages(args.accounts), PARTITIONS)
-    topics = {LOG: as_records(entries), **published(entries)}
+    records = route_log(messages(args.accounts), args.batch)
+    topics = {LOG: as_records(records), **published(records)}
+    entries = log_entries(topics[LOG])
     kinds: dict[str, int] = {}
-    for _p, _o, raw in entries:
-        topic = orjson.loads(raw)["source"]["topic"]
+    for _p, _o, _i, entry in entries:
+        topic = entry["source"]["topic"]
         kinds[topic] = kinds.get(topic, 0) + 1
     n_records = len(topics[REQUIREMENTS]) + len(topics[CALLS])
 
-    rec_s = [timed(lambda: recompute(entries)) for _ in range(args.repeat)]
+    rec_s = [timed(lambda: recompute(log_entries(topics[LOG]))) for _ in range(args.repeat)]
     reports = []
     full_s = [timed(lambda: reports.append(run_replay(topics))) for _ in range(args.repeat)]
     assert all(r.ok and r.compared == n_records for r in reports)
 
     rec_rate = len(entries) / statistics.median(rec_s)
     full_rate = len(entries) / statistics.median(full_s)
-    print(f"synthetic margin.log: {len(entries):,} entries over {PARTITIONS} partitions {kinds}; "
+    print(f"synthetic margin.log: {len(entries):,} entries in {len(records):,} records over {PARTITIONS} partitions {kinds}; "
           f"{args.accounts:,} accounts, {N_CONTRACTS} contracts; {n_records:,} requirements+calls")
-    print(f"recompute (apply_entry on every entry): median {statistics.median(rec_s):.2f} s -> {rec_rate:,.0f} entries/s")
+    print(f"recompute (decode records, apply_entry on every entry): median {statistics.median(rec_s):.2f} s -> {rec_rate:,.0f} entries/s")
     print(f"run_replay (recompute + compare):       median {statistics.median(full_s):.2f} s -> {full_rate:,.0f} entries/s")
     print(json.dumps({
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "entries": len(entries), "entries_by_topic": kinds, "records": n_records, "accounts": args.accounts,
+        "entries": len(entries), "log_records": len(records), "batch": args.batch, "entries_by_topic": kinds, "records": n_records, "accounts": args.accounts,
         "recompute_s": rec_s, "run_replay_s": full_s, "recompute_entries_per_s": rec_rate,
         "run_replay_entries_per_s": full_rate, "machine": machine(),
     }))

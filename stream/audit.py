@@ -26,7 +26,7 @@ import orjson
 
 from .engine import EngineConfig, EngineState, Output, account_risk
 from .money import cents_to_decimal, cents_up, money_str
-from .ordered_log import Entry, apply_entry, encode_record, expand, route_input
+from .ordered_log import Entry, apply_entry, encode_record, expand, merge_inputs, route_input
 from .timeutil import format_time_us, parse_time_us
 from .topics import (
     ACCOUNT_TOPICS,
@@ -151,31 +151,33 @@ def load_topics(topics: Iterable[str], directory: str | None = None, settings: A
     return asyncio.run(read_broker(settings, topics))
 
 
-def log_entries(records: Iterable[Record]) -> list[tuple[int, int, Entry]]:
-    """The entries of ``margin.log`` records as ``(log partition, log offset, entry)`` in
-    log order (tombstones -- which the router never writes -- are skipped)."""
+def log_entries(records: Iterable[Record]) -> list[tuple[int, int, int, Entry]]:
+    """The entries of ``margin.log`` records as ``(log partition, log offset, index in the
+    record, entry)`` in log order (tombstones -- which the router never writes -- are
+    skipped)."""
     return expand((r.partition, r.offset, r.value) for r in sort_records(records) if r.value is not None)
 
 
-def log_from_inputs(topics: dict[str, list[Record]], partitions: int, max_bytes: int) -> list[Record]:
-    """Rebuild an ordered log from the raw input topics with the router's own function
-    (:func:`stream.ordered_log.route_input`), merging the topics by broker timestamp (then
-    topic, partition, offset). It equals the processor's log wherever the router saw events
-    in timestamp order -- true for inputs published one after another; events published at
-    the same moment on different topics may have been routed in another order."""
+def log_from_inputs(topics: dict[str, list[Record]], partitions: int, max_bytes: int,
+                    max_record_bytes: int | None = None) -> list[Record]:
+    """Rebuild an ordered log from the raw input topics with the router's own functions
+    (:func:`stream.ordered_log.merge_inputs` then :func:`stream.ordered_log.route_input`),
+    one entry per record: record boundaries change no output. It equals the processor's
+    log wherever the router saw the events in timestamp order -- true for inputs published
+    one after another; events published at the same moment on different topics may have
+    been routed in another order."""
     from .topics import INPUT_TOPICS
 
-    merged = sorted(
-        ((r.timestamp or 0, INPUT_TOPICS.index(topic), r.partition, r.offset, topic, r)
-         for topic in INPUT_TOPICS for r in topics.get(topic, ())),
-        key=lambda item: item[:4],
-    )
+    runs: dict[tuple[str, int], list[tuple[int | None, int, bytes | None]]] = {}
+    for topic in INPUT_TOPICS:
+        for r in sort_records(topics.get(topic, ())):
+            runs.setdefault((topic, r.partition), []).append((r.timestamp, r.offset, r.value))
     next_offset = [0] * partitions
     log: list[Record] = []
-    for *_, topic, record in merged:
-        targets, entry, _rejected = route_input(topic, record.partition, record.offset, record.value, partitions, max_bytes)
+    for topic, partition, offset, raw in merge_inputs((t, p, msgs) for (t, p), msgs in runs.items()):
+        targets, entry, _rejected = route_input(topic, partition, offset, raw, partitions, max_bytes, max_record_bytes)
         for p in targets:
-            log.append(Record(p, next_offset[p], record.timestamp, None, encode_record([entry])))
+            log.append(Record(p, next_offset[p], None, None, encode_record([entry])))  # type: ignore[list-item]
             next_offset[p] += 1
     return log
 
@@ -235,6 +237,7 @@ class Produced:
     value: dict
     log_partition: int
     log_offset: int
+    log_entry: int  # index of the entry in its log record
 
 
 @dataclass
@@ -245,20 +248,20 @@ class Recomputation:
 
 
 def recompute(
-    entries: list[tuple[int, int, Entry]], config: EngineConfig | None = None, progress: Progress | None = None
+    entries: list[tuple[int, int, int, Entry]], config: EngineConfig | None = None, progress: Progress | None = None
 ) -> Recomputation:
     """Replay the whole log, a fresh :class:`EngineState` per log partition, with
     :func:`apply_entry`; keep every requirement and call it publishes, by id."""
     config = config or EngineConfig()
     states: dict[int, EngineState] = {}
     records: dict[str, Produced] = {}
-    for done, (partition, offset, entry) in enumerate(entries, 1):
+    for done, (partition, offset, index, entry) in enumerate(entries, 1):
         state = states.get(partition)
         if state is None:
             state = states[partition] = EngineState(config=config)
-        for out in apply_entry(state, partition, offset, entry):
+        for out in apply_entry(state, partition, offset, entry, index):
             if out.topic in COMPARED_TOPICS:
-                records[out.value["id"]] = Produced(out.topic, out.value, partition, offset)
+                records[out.value["id"]] = Produced(out.topic, out.value, partition, offset, index)
         if progress is not None:
             progress.update(done)
     if progress is not None:
@@ -354,11 +357,13 @@ class Mismatch:
     diffs: list[tuple[str, Any, Any]] = field(default_factory=list)
     log_partition: int | None = None
     log_offset: int | None = None
+    log_entry: int | None = None
 
 
 @dataclass
 class ReplayReport:
     entries: int
+    records: int
     partitions: int
     published: int
     recomputed: int
@@ -374,7 +379,7 @@ class Selector:
     """Decides whether a record is compared under :class:`Filters`."""
 
     def __init__(self, filters: Filters, recomputation: Recomputation, published: dict[str, list[Published]],
-                 entries: list[tuple[int, int, Entry]]):
+                 entries: list[tuple[int, int, int, Entry]]):
         self.filters = filters
         self.states = recomputation.states
         self.entries = entries
@@ -420,11 +425,11 @@ class Selector:
             return None
         if self._sources is None:
             self._sources = {}
-            for p, o, entry in self.entries:
+            for p, o, _i, entry in self.entries:
                 decoded = decode_entry(entry)
-                if decoded is not None:
+                if decoded is not None:  # the first copy: a re-forwarded one publishes nothing
                     src = decoded[0]
-                    self._sources[(p, str(src.get("topic")), src.get("partition"), src.get("offset"))] = o
+                    self._sources.setdefault((p, str(src.get("topic")), src.get("partition"), src.get("offset")), o)
         return self._sources.get((partition, cause.get("topic"), cause.get("partition"), cause.get("offset")))
 
 
@@ -453,14 +458,14 @@ def compare(recomputation: Recomputation, published: dict[str, list[Published]],
         produced, versions = recomputation.records.get(rid), published.get(rid, [])
         subject = produced.value if produced else versions[0].value
         topic = produced.topic if produced else versions[0].topic
-        log_p, log_o = (produced.log_partition, produced.log_offset) if produced else (None, None)
+        log_p, log_o, log_i = (produced.log_partition, produced.log_offset, produced.log_entry) if produced else (None, None, None)
         if not selector.keep(subject, topic, log_o):
             continue
         compared += 1
         if produced is None:
             mismatches.append(Mismatch("extra", topic, rid, subject, [("(record)", "published", ABSENT)]))
         elif not versions:
-            mismatches.append(Mismatch("missing", topic, rid, subject, [("(record)", ABSENT, "recomputed")], log_p, log_o))
+            mismatches.append(Mismatch("missing", topic, rid, subject, [("(record)", ABSENT, "recomputed")], log_p, log_o, log_i))
         for version in versions if produced else []:
             if version.topic == produced.topic and version.value == produced.value:
                 continue
@@ -488,7 +493,8 @@ def run_replay(topics: dict[str, list[Record]], filters: Filters = Filters(), co
     selector = Selector(filters, recomputation, published, entries)
     compared, mismatches = compare(recomputation, published, bad, selector)
     n_published = sum(len(topics.get(t, [])) for t in COMPARED_TOPICS)
-    return ReplayReport(len(entries), len({p for p, _, _ in entries}), n_published, len(recomputation.records),
+    return ReplayReport(len(entries), len({(p, o) for p, o, _, _ in entries}), len({p for p, _, _, _ in entries}),
+                        n_published, len(recomputation.records),
                         compared, mismatches)
 
 
@@ -500,7 +506,7 @@ def _cell(value: Any, width: int) -> str:
 def format_mismatch(number: int, m: Mismatch) -> list[str]:
     """A header naming the record, then its differing fields side by side."""
     cause = m.subject.get("cause") or {}
-    where = f" (margin.log {m.log_partition}:{m.log_offset})" if m.log_partition is not None else ""
+    where = f" (margin.log {m.log_partition}:{m.log_offset}#{m.log_entry})" if m.log_partition is not None else ""
     lines = [
         f"#{number} {m.kind}: {m.topic} id {m.record_id} account {m.subject.get('account_id')} "
         f"as_of {m.subject.get('as_of')} cause {cause.get('topic')}:{cause.get('partition')}:{cause.get('offset')} "
@@ -515,7 +521,7 @@ def format_mismatch(number: int, m: Mismatch) -> list[str]:
 def format_report(report: ReplayReport, show: int = 3) -> str:
     """The replay summary: what was read, compared and found."""
     lines = [
-        f"log entries read:    {report.entries:,} ({report.partitions} partition(s) of {LOG})",
+        f"log entries read:    {report.entries:,} in {report.records:,} records ({report.partitions} partition(s) of {LOG})",
         f"published records:   {report.published:,} ({REQUIREMENTS} + {CALLS})",
         f"recomputed records:  {report.recomputed:,}",
         f"records compared:    {report.compared:,}",
@@ -548,22 +554,22 @@ def event_time_us(topic: str, value: dict) -> int | None:
     return _time_or_none(value.get(name)) if name else None
 
 
-def account_partition(entries: list[tuple[int, int, Entry]], account_id: str) -> int | None:
+def account_partition(entries: list[tuple[int, int, int, Entry]], account_id: str) -> int | None:
     """The log partition whose fill/collateral entries name the account."""
-    for partition, _offset, entry in entries:
+    for partition, _offset, _index, entry in entries:
         decoded = decode_entry(entry)
         if decoded and decoded[0].get("topic") in ACCOUNT_TOPICS and decoded[1].get("account_id") == account_id:
             return partition
     return None
 
 
-def cutoff_index(entries: list[tuple[int, int, Entry]], at_us: int | None) -> int:
+def cutoff_index(entries: list[tuple[int, int, int, Entry]], at_us: int | None) -> int:
     """How many entries to apply: up to and including the last one whose event time is
     at or before ``at_us`` (all of them when ``at_us`` is None)."""
     if at_us is None:
         return len(entries)
     last = -1
-    for i, (_p, _o, entry) in enumerate(entries):
+    for i, (_p, _o, _index, entry) in enumerate(entries):
         decoded = decode_entry(entry)
         t = event_time_us(str(decoded[0].get("topic")), decoded[1]) if decoded else None
         if t is not None and t <= at_us:
@@ -616,27 +622,27 @@ def _account_outputs(outputs: list[Output], account_id: str, source: dict) -> li
     return mine
 
 
-def _held_contracts(entries: list[tuple[int, int, Entry]], account_id: str) -> set[str]:
+def _held_contracts(entries: list[tuple[int, int, int, Entry]], account_id: str) -> set[str]:
     """Contracts the account's fills name (it held or holds them)."""
     held = set()
-    for _p, _o, entry in entries:
+    for _p, _o, _i, entry in entries:
         decoded = decode_entry(entry)
         if decoded and decoded[0].get("topic") == FILLS and decoded[1].get("account_id") == account_id:
             held.add(decoded[1].get("contract_id"))
     return held
 
 
-def replay_account(entries: list[tuple[int, int, Entry]], account_id: str,
+def replay_account(entries: list[tuple[int, int, int, Entry]], account_id: str,
                    config: EngineConfig | None = None) -> tuple[EngineState, list[dict]]:
     """Apply the entries (one log partition, in order) to a fresh state; return the state
     and the chain of entries that concerned the account, with what each published for it."""
     state = EngineState(config=config or EngineConfig())
     contracts = _held_contracts(entries, account_id)
     chain = []
-    for partition, offset, entry in entries:
+    for partition, offset, index, entry in entries:
         account = state.accounts.get(account_id)
         had_positions = bool(account and account.positions)
-        outputs = apply_entry(state, partition, offset, entry)
+        outputs = apply_entry(state, partition, offset, entry, index)
         decoded = decode_entry(entry)
         if decoded is None:
             continue
@@ -646,7 +652,7 @@ def replay_account(entries: list[tuple[int, int, Entry]], account_id: str,
             continue
         t = event_time_us(topic, value)
         chain.append({
-            "log": {"partition": partition, "offset": offset},
+            "log": {"partition": partition, "offset": offset, "entry": index},
             "source": {"topic": topic, "partition": source.get("partition"), "offset": source.get("offset")},
             "event_time": value.get(EVENT_TIME_FIELD.get(topic, "")) if t is not None else None,
             "summary": summarize(topic, value),
@@ -670,7 +676,7 @@ def contract_detail(contract: Any) -> dict:
     }
 
 
-def explain(entries_all: list[tuple[int, int, Entry]], account_id: str, at_us: int | None = None,
+def explain(entries_all: list[tuple[int, int, int, Entry]], account_id: str, at_us: int | None = None,
             config: EngineConfig | None = None) -> dict:
     """Everything behind an account's margin at event time ``at_us`` (None: the whole log):
     IM, equity, every position component, the contract risk vectors and the chain of events.
@@ -691,6 +697,7 @@ def explain(entries_all: list[tuple[int, int, Entry]], account_id: str, at_us: i
         "log_partition": partition,
         "entries_applied": len(applied),
         "last_log_offset": applied[-1][1] if applied else None,
+        "last_log_entry": applied[-1][2] if applied else None,
         "clock": None if state.now_us is None else _format_us(state.now_us),
         "im": money_str(im),
         "im_unrounded": total,
@@ -730,7 +737,7 @@ def format_explain(result: dict) -> str:
     lines = [
         f"account {result['account_id']} at {at}",
         f"  replayed {LOG} partition {result['log_partition']}: {result['entries_applied']} entries "
-        f"(last offset {result['last_log_offset']}); clock {result['clock'] or '(no tick yet)'}",
+        f"(last: record {result['last_log_offset']}, entry {result['last_log_entry']}); clock {result['clock'] or '(no tick yet)'}",
         "",
         f"  IM      {result['im']:>14}   (sum of position IMs {result['im_unrounded']!r}, rounded up to the cent)",
         f"  equity  {result['equity']:>14}",
@@ -752,7 +759,7 @@ def format_explain(result: dict) -> str:
     lines += ["", f"chain of events ({len(result['chain'])}):"]
     for item in result["chain"]:
         src, log = item["source"], item["log"]
-        where = f"log {log['partition']}:{log['offset']}"
+        where = f"log {log['partition']}:{log['offset']}#{log['entry']}"
         source = f"{src['topic']}:{src['partition']}:{src['offset']}"
         lines.append(f"  {where:<12} {source:<27} {item['summary']}")
         lines += [f"      -> {text}" for text in item["outputs"]]

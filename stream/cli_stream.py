@@ -1,4 +1,5 @@
-"""Streaming commands of ``kpimargin``: worker, broker, topics, publish, consume, demo."""
+"""Streaming and audit commands of ``kpimargin``: worker, broker, topics, publish, consume,
+demo; replay, explain, export, report."""
 
 from __future__ import annotations
 
@@ -141,8 +142,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contract", metavar="C", help="compare only records whose positions include C or caused by C")
     p.add_argument("--from-time", metavar="T", help="compare only records with as_of >= T (ISO-8601 UTC)")
     p.add_argument("--to-time", metavar="T", help="compare only records with as_of <= T (ISO-8601 UTC)")
-    p.add_argument("--from-offset", type=int, metavar="N", help="compare only records caused by log offsets >= N")
-    p.add_argument("--to-offset", type=int, metavar="N", help="compare only records caused by log offsets <= N")
+    p.add_argument("--from-offset", type=int, metavar="N", help="compare only records caused by margin.log records at offsets >= N (per log partition; a record holds a whole router batch)")
+    p.add_argument("--to-offset", type=int, metavar="N", help="compare only records caused by margin.log records at offsets <= N")
     p.add_argument("--show", type=int, default=3, metavar="N", help="print the first N mismatches (default 3)")
     p.add_argument("--from-inputs", action="store_true",
                    help="rebuild the log from the raw input topics (router logic, timestamp order) instead of margin.log")
@@ -233,7 +234,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if topics is None:
             return 2
         settings = _settings()
-        topics[LOG] = log_from_inputs(topics, settings.partitions, settings.max_message_bytes)
+        topics[LOG] = log_from_inputs(topics, settings.partitions, settings.max_message_bytes, settings.log_record_max_bytes)
     else:
         topics = _audit_topics([LOG, REQUIREMENTS, CALLS], args.dir, "replay")
         if topics is None:

@@ -228,6 +228,14 @@ class EngineState:
         return state
 
 
+def row_order(key: str) -> tuple[int, str]:
+    """The order a persistent shell writes rows in: the clock, contracts, then accounts,
+    whose positions name contracts. A crash can persist any prefix of a batch's rows; in
+    this order every prefix loads with :meth:`EngineState.from_rows` (an account row never
+    arrives before its contracts' rows)."""
+    return ({"clock": 0, "contract": 1}.get(key.partition(":")[0], 2), key)
+
+
 # --------------------------------------------------------------------------- helpers
 # Source of ContractState.version values: unique in the process, so a version can never be
 # mistaken for another contract state's (e.g. after EngineState.from_rows).

@@ -32,6 +32,11 @@ from .errors import InvalidListing, SchemaViolation
 
 
 # --------------------------------------------------------------------------- parameters
+# The most Monte Carlo draws a listing may ask for: 16 MB of sorted draws, of which at most
+# :data:`DRAW_CACHE_SIZE` sets are kept (a listing must not be able to exhaust memory).
+MAX_MC_SAMPLES = 2_000_000
+DRAW_CACHE_SIZE = 8
+
 @dataclass(frozen=True)
 class Params:
     """Model parameters (SPEC §2.14 defaults: the note's production calibration)."""
@@ -78,22 +83,29 @@ class Params:
         return params
 
     def validate(self) -> None:
+        # SPEC §2 ranges, plus upper bounds far beyond any calibration that keep every
+        # product in the model finite (a listing must not be able to make IM inf or NaN)
         checks = [
             ("alpha", 0.0 < self.alpha < 1.0, "must satisfy 0 < alpha < 1"),
-            ("nu", self.nu > 2.0, "must satisfy nu > 2 (finite variance)"),
-            ("c", self.c >= 0.0, "must satisfy c >= 0"),
-            ("lam", self.lam >= 0.0, "must satisfy lam >= 0"),
-            ("k", self.k > 0.0, "must satisfy k > 0"),
+            ("nu", 2.0 < self.nu <= 1000.0, "must satisfy 2 < nu <= 1000 (finite variance)"),
+            ("c", 0.0 <= self.c <= 1000.0, "must satisfy 0 <= c <= 1000"),
+            ("lam", 0.0 <= self.lam <= 100.0, "must satisfy 0 <= lam <= 100"),
+            ("k", 0.0 < self.k <= 1000.0, "must satisfy 0 < k <= 1000"),
             ("beta", 0.0 <= self.beta <= 1.0, "must satisfy 0 <= beta <= 1"),
-            ("gamma", self.gamma >= 0.0, "must satisfy gamma >= 0"),
-            ("depth", self.depth > 0.0, "must satisfy depth > 0"),
-            ("mc_samples", 1 <= self.mc_samples <= 10_000_000, "must satisfy 1 <= mc_samples <= 10,000,000"),
+            ("gamma", 0.0 <= self.gamma <= 1000.0, "must satisfy 0 <= gamma <= 1000"),
+            ("depth", 1.0 <= self.depth <= 1e15, "must satisfy 1 <= depth <= 1e15 (dollars)"),
+            ("mc_samples", 1 <= self.mc_samples <= MAX_MC_SAMPLES, f"must satisfy 1 <= mc_samples <= {MAX_MC_SAMPLES:,}"),
             ("mc_seed", 0 <= self.mc_seed < 2**63, "must be a non-negative 63-bit integer"),
-            ("sigma_prior", self.sigma_prior is None or self.sigma_prior > 0.0, "must be > 0"),
+            ("sigma_prior", self.sigma_prior is None or 0.0 < self.sigma_prior <= 10.0,
+             "must satisfy 0 < sigma_prior <= 10 (a return standard deviation)"),
         ]
         for name, ok, message in checks:
             if not ok:
                 raise InvalidListing(f"{message}, got {getattr(self, name)!r}", field=f"params.{name}")
+
+    def canonical(self) -> tuple:
+        """Every parameter, in field order (for fingerprints)."""
+        return tuple(getattr(self, f.name) for f in fields(self))
 
     def tail_count(self) -> int:
         """``m = ceil((1 - alpha) * M)``, exact despite binary floats (SPEC §2.9):
@@ -111,6 +123,10 @@ def _finite(value: object, where: str) -> float:
 
 
 # --------------------------------------------------------------------------- estimation
+# The largest return standard deviation a listing may imply (100,000 %): far beyond it
+# every outcome sits at a range bound anyway; the bound keeps every product finite.
+MAX_SIGMA = 1000.0
+
 @dataclass(frozen=True)
 class Estimate:
     """Return statistics of a contract's history (SPEC §2.1–2.3)."""
@@ -126,6 +142,11 @@ class Estimate:
 def estimate(history: tuple[float, ...], params: Params) -> Estimate:
     """``r_i = K_i/K_{i-1} - 1``; ``mu = mean(r)``; ``s2 = var(r, ddof=1)`` (or
     ``sigma_prior**2`` when n < 2); ``sigma_adj = sqrt(s2 * (1 + c/n))`` (SPEC §2.1–2.3)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are rejected below
+        return _estimate(history, params)
+
+
+def _estimate(history: tuple[float, ...], params: Params) -> Estimate:
     levels = np.asarray(history, dtype=np.float64)
     returns = levels[1:] / levels[:-1] - 1.0
     n = int(returns.size)
@@ -139,15 +160,20 @@ def estimate(history: tuple[float, ...], params: Params) -> Estimate:
         raise InvalidListing(
             "fewer than 2 returns: the listing must carry params.sigma_prior", field="params.sigma_prior"
         )
-    sigma_adj = math.sqrt(s2 * (1.0 + params.c / n))
-    return Estimate(
+    sigma_adj = math.sqrt(s2 * (1.0 + params.c / n)) if math.isfinite(s2) else math.inf
+    est = Estimate(
         n=n,
         mu=float(np.mean(returns)),
-        sigma=math.sqrt(s2),
+        sigma=math.sqrt(s2) if math.isfinite(s2) else math.inf,
         sigma_adj=sigma_adj,
         r_min=float(returns.min()),
         r_max=float(returns.max()),
     )
+    if not all(map(math.isfinite, (est.mu, est.sigma, est.sigma_adj, est.r_min, est.r_max))) or est.sigma_adj > MAX_SIGMA:
+        raise InvalidListing(
+            f"history gives returns too extreme to margin (sigma_adj {est.sigma_adj:g}, returns "
+            f"{est.r_min:g} to {est.r_max:g})", field="history")
+    return est
 
 
 # --------------------------------------------------------------------------- risk vector
@@ -207,7 +233,7 @@ def clamp(x: float, lower: float, upper: float) -> float:
     return min(max(x, lower), upper)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=DRAW_CACHE_SIZE)
 def sorted_standard_t(nu: float, samples: int, seed: int) -> np.ndarray:
     """The note's draws ``default_rng(seed).standard_t(nu, M)``, sorted ascending.
 
@@ -300,6 +326,8 @@ def risk_vector(
     tail_low, tail_high = tails(anchor, loc, t_scale, lower, upper, params)
     scenario_returns = (est.r_min, est.r_max, -params.lam * est.sigma_adj, params.lam * est.sigma_adj)
     stress_levels = tuple(clamp(anchor * (1.0 + r * flash_scale), lower, upper) for r in scenario_returns)
+    if not all(map(math.isfinite, (tail_low, tail_high, *stress_levels))):  # defence in depth: never NaN/inf
+        raise InvalidListing("the contract's outcome distribution is not finite", field="history")
     return RiskVector(
         lower=float(lower),
         upper=float(upper),

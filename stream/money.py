@@ -7,6 +7,7 @@ rounds a requirement *up* to the cent, after forgiving float noise below 1e-7 ce
 from __future__ import annotations
 
 import math
+import re
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from .errors import SchemaViolation
@@ -16,6 +17,11 @@ ZERO = Decimal("0.00")
 # A float requirement within this many cents above a cent boundary is float noise
 # (e.g. 100.00000000000001): it does not add a cent.
 NOISE_CENTS = 1e-7
+# A decimal string: an optional sign, ASCII digits, an optional fraction and exponent.
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?", re.ASCII)
+# Decimal magnitudes beyond 10**±30 are rejected before any arithmetic (Decimal's context
+# would raise Overflow on them; no money amount or price comes near).
+MAX_EXPONENT = 30
 
 
 def cents_up(amount_usd: float) -> int:
@@ -42,14 +48,15 @@ def to_decimal(value: object, field: str) -> Decimal:
             raise SchemaViolation(f"not finite: {value!r}", field=field)
         result = Decimal(repr(value))
     elif isinstance(value, str):
-        try:
-            result = Decimal(value.strip())
-        except Exception:
-            raise SchemaViolation(f"not a decimal number: {value[:64]!r}", field=field) from None
+        if len(value) > 64 or not _DECIMAL.fullmatch(value):
+            raise SchemaViolation(f"not a decimal number: {value[:64]!r}", field=field)
+        result = Decimal(value)
     else:
         raise SchemaViolation(f"expected a number or decimal string, got {type(value).__name__}", field=field)
     if not result.is_finite():
         raise SchemaViolation(f"not finite: {value!r}", field=field)
+    if result and not -MAX_EXPONENT <= result.adjusted() <= MAX_EXPONENT:
+        raise SchemaViolation(f"magnitude out of range: {str(value)[:64]!r}", field=field)
     return result
 
 

@@ -21,6 +21,8 @@ reproduces exactly what the processor published.
 
 from __future__ import annotations
 
+import heapq
+import logging
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
@@ -30,7 +32,9 @@ import orjson
 from .engine import EngineState, Output, apply
 from .errors import Rejected, SchemaViolation, Undecodable
 from .records import Cause, deadletter_record, decode, parse
-from .topics import ACCOUNT_TOPICS, DEADLETTER, LOG
+from .topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
+
+log = logging.getLogger("kpimargin")
 
 RECORD_HEAD = b'{"entries":['
 RECORD_TAIL = b"]}"
@@ -50,8 +54,9 @@ def log_partition(account_id: str, partitions: int) -> int:
     return zlib.crc32(account_id.encode()) % partitions
 
 
-def deadletter_output(topic: str, partition: int, offset: int | None, raw: bytes, error: Exception) -> Output:
-    record = deadletter_record(topic, partition, offset, raw, error)
+def deadletter_output(topic: str, partition: int, offset: int | None, raw: bytes, error: Exception,
+                      qualifier: str = "") -> Output:
+    record = deadletter_record(topic, partition, offset, raw, error, qualifier)
     return Output(DEADLETTER, record["id"], record)
 
 
@@ -79,9 +84,25 @@ def route_input(
                                   "log record limit", reason="oversized")
     except Rejected as error:
         return [], None, deadletter_output(topic, partition, offset, raw or b"", error)
+    except Exception as error:  # a bug, never bad input: dead-letter it rather than stop the router
+        log.error("router: unexpected %r on %s/%d@%d", error, topic, partition, offset)
+        return [], None, deadletter_output(topic, partition, offset, raw or b"", error)
     if topic in ACCOUNT_TOPICS:
         return [log_partition(event.account_id, log_partitions)], entry, None  # type: ignore[union-attr]
     return list(range(log_partitions)), entry, None
+
+
+def merge_inputs(
+    runs: Iterable[tuple[str, int, Iterable[tuple[int | None, int, bytes | None]]]],
+) -> list[tuple[str, int, int, bytes | None]]:
+    """Input messages of several ``(topic, partition, [(timestamp, offset, raw)])`` runs as
+    ``(topic, partition, offset, raw)`` in broker-timestamp order, each run's own order
+    kept even where its timestamps go back (ties: topic as listed in SPEC §4, partition,
+    offset). The router orders every fetch this way; the replay from raw inputs too."""
+    order = {t: i for i, t in enumerate(INPUT_TOPICS)}
+    keyed = [[(ts or 0, order.get(topic, len(order)), partition, offset, topic, raw) for ts, offset, raw in messages]
+             for topic, partition, messages in runs]
+    return [(topic, p, o, raw) for _ts, _i, p, o, topic, raw in heapq.merge(*keyed, key=lambda m: m[:4])]
 
 
 class RecordBuilder:
@@ -152,33 +173,38 @@ def record_entries(raw: bytes | None) -> list[Any]:
     return obj["entries"]
 
 
-def expand(records: Iterable[tuple[int, int, bytes | None]]) -> list[tuple[int, int, Any]]:
-    """``(log partition, log offset, entry)`` of every entry of the records, in order."""
-    return [(p, o, entry) for p, o, raw in records for entry in record_entries(raw)]
+def expand(records: Iterable[tuple[int, int, bytes | None]]) -> list[tuple[int, int, int, Any]]:
+    """``(log partition, log offset, index in the record, entry)`` of every entry of the
+    records, in order."""
+    return [(p, o, i, entry) for p, o, raw in records for i, entry in enumerate(record_entries(raw))]
 
 
 def entry_source(entry: Any) -> tuple[str, int, int, dict] | None:
     """``(topic, partition, offset, value)`` of a well-formed entry, else None."""
     try:
         src, value = entry["source"], entry["value"]
-        return str(src["topic"]), int(src["partition"]), int(src["offset"]), value
+        source = str(src["topic"]), int(src["partition"]), int(src["offset"]), value
     except (TypeError, KeyError, ValueError):
         return None
+    return source if isinstance(value, dict) else None
 
 
-def apply_entry(state: EngineState, log_partition: int, log_offset: int, entry: Any) -> list[Output]:
-    """Apply one decoded entry to the state of its log partition; return what to publish.
+def apply_entry(state: EngineState, log_partition: int, log_offset: int, entry: Any, index: int = 0) -> list[Output]:
+    """Apply one decoded entry (the ``index``-th of its log record) to the state of its log
+    partition; return what to publish.
 
     A rejected event becomes a dead-letter record. A broadcast event (listing, flash,
     settlement, tick) is rejected identically in every partition, so only partition 0
-    reports it. An entry the router did not write is reported against the log record."""
+    reports it. An entry the router did not write is reported against the log record. An
+    unexpected exception -- a bug, never bad input -- is dead-lettered as
+    ``internal_error`` rather than stopping the partition; a replay does the same."""
     if isinstance(entry, BadRecord):
         error = SchemaViolation(f"bad log record: {entry.problem}")
         return [deadletter_output(LOG, log_partition, log_offset, entry.raw, error)]
     source = entry_source(entry)
     if source is None:
-        error = SchemaViolation("bad log entry: expected {source: {topic, partition, offset}, value}")
-        return [deadletter_output(LOG, log_partition, log_offset, orjson.dumps(entry), error)]
+        error = SchemaViolation(f"bad log entry #{index}: expected {{source: {{topic, partition, offset}}, value: {{...}}}}")
+        return [deadletter_output(LOG, log_partition, log_offset, orjson.dumps(entry), error, f"#{index}")]
     topic, src_partition, src_offset, obj = source
     try:
         event = parse(topic, obj)
@@ -189,14 +215,19 @@ def apply_entry(state: EngineState, log_partition: int, log_offset: int, entry: 
         if topic in ACCOUNT_TOPICS or log_partition == 0:
             return [deadletter_output(topic, src_partition, src_offset, orjson.dumps(obj), error)]
         return []
+    except Exception as error:
+        log.error("engine: unexpected %r applying %s/%d@%d in log partition %d", error, topic, src_partition,
+                  src_offset, log_partition)
+        qualifier = "" if topic in ACCOUNT_TOPICS else f"log partition {log_partition}"
+        return [deadletter_output(topic, src_partition, src_offset, orjson.dumps(obj), error, qualifier)]
 
 
 def apply_record_entries(
     state: EngineState, log_partition: int, log_offset: int, raw: bytes | None
 ) -> Iterator[tuple[Any, list[Output]]]:
     """Apply a log record entry by entry, yielding ``(entry, outputs)``."""
-    for entry in record_entries(raw):
-        yield entry, apply_entry(state, log_partition, log_offset, entry)
+    for index, entry in enumerate(record_entries(raw)):
+        yield entry, apply_entry(state, log_partition, log_offset, entry, index)
 
 
 def apply_record(state: EngineState, log_partition: int, log_offset: int, raw: bytes | None) -> list[Output]:

@@ -11,7 +11,14 @@ all holders in one vectorised pass.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
+
+# Position arithmetic is exact: fills carry at most 12+2 digits of notional and 15+8 of
+# price, so a product has at most 37 significant digits and sums of them fit 60 digits;
+# should that ever not hold, Inexact raises instead of rounding (the sum would then depend
+# on the order of fills).
+EXACT = Context(prec=60, traps=[Inexact, InvalidOperation, Overflow])
+WIDE = Context(prec=60, traps=[InvalidOperation, Overflow])  # for the one division, then cents
 
 import numpy as np
 
@@ -63,9 +70,9 @@ class Position:
         self.risk = None
 
     def add_fill(self, delta: int, notional: Decimal, price: Decimal) -> None:
-        signed = delta * notional
-        self.q = self._q + signed
-        self.a = self._a + signed * price
+        signed = notional if delta > 0 else -notional
+        self.q = EXACT.add(self._q, signed)
+        self.a = EXACT.add(self._a, EXACT.multiply(signed, price))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Position):
@@ -81,7 +88,8 @@ class Position:
         """P&L at settlement: ``-loss(K~) = (q·K~ - a) / R`` with ``K~ = clamp(value)``,
         rounded half-even to the cent (SPEC §3)."""
         outcome = min(max(value, lower), upper)
-        return quantize_cents((self.q * outcome - self.a) / (upper - lower))
+        pnl = WIDE.divide(EXACT.subtract(EXACT.multiply(self.q, outcome), self.a), EXACT.subtract(upper, lower))
+        return quantize_cents(pnl)
 
     def as_dict(self) -> dict:
         return {"q": str(self.q), "a": str(self.a)}

@@ -43,13 +43,13 @@ deduplicate by ``id``).
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import os
 import signal
 import time
 import types
 import weakref
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -58,9 +58,9 @@ import faust
 import orjson
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
-from .engine import EngineState
+from .engine import EngineState, row_order
 from .kafka import client_kwargs, ssl_context
-from .ordered_log import apply_record_entries, route_batch
+from .ordered_log import apply_record_entries, merge_inputs, route_batch
 from .settings import Settings
 from .topics import DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS
 
@@ -184,7 +184,6 @@ class Router:
     def __init__(self, app: faust.App, settings: Settings, stats: Stats):
         self.app, self.settings, self.stats = app, settings, stats
         self.names = {settings.topic(t): t for t in INPUT_TOPICS}
-        self.order = {t: i for i, t in enumerate(INPUT_TOPICS)}
         self.log_name = settings.topic(LOG)
         self.deadletter_name = settings.topic(DEADLETTER)
 
@@ -207,44 +206,59 @@ class Router:
         )
 
     def merged(self, batch: dict) -> list[tuple[str, int, int, bytes | None]]:
-        """One fetch as ``(topic, partition, offset, raw)`` in broker-timestamp order across
-        partitions, each partition's own order kept (ties: topic, partition)."""
-        runs = [
-            [(r.timestamp, self.order[self.names[tp.topic]], tp.partition, r.offset, self.names[tp.topic], r.value)
-             for r in records]
-            for tp, records in batch.items()
-        ]
-        return [(topic, p, o, raw) for _ts, _i, p, o, topic, raw in heapq.merge(*runs, key=lambda m: m[:4])]
+        """One fetch as ``(topic, partition, offset, raw)`` in broker-timestamp order
+        (:func:`stream.ordered_log.merge_inputs`)."""
+        return merge_inputs((self.names[tp.topic], tp.partition, [(r.timestamp, r.offset, r.value) for r in records])
+                            for tp, records in batch.items())
 
     async def run(self) -> None:
+        """Fetch, route, send -- without waiting for the broker between fetches: batches in
+        flight are retired in order as their sends are acknowledged, and only then are
+        their input offsets committed (at most every ``commit_interval_s`` while busy, at
+        once when idle)."""
         from aiokafka import TopicPartition
-        from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
         s = self.settings
         consumer = self.consumer()
         await consumer.start()
         producer = self.app.producer
         log.info("router: consuming %s as group %s-router", sorted(self.names), s.app_id)
+        in_flight: deque[tuple[list, dict]] = deque()  # (send futures, next offsets) per batch, in order
+        delivered: dict = {}  # offsets of acknowledged batches, not yet committed
+        last_commit = time.monotonic()
         while True:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=s.router_batch_max)
+            batch = await consumer.getmany(timeout_ms=5 if in_flight else 1000, max_records=s.router_batch_max)
             batch = {tp: records for tp, records in batch.items() if records}
-            if not batch:
-                continue
-            messages = self.merged(batch)
-            records, dead = route_batch(messages, s.partitions, s.max_message_bytes, s.log_record_max_bytes)
-            sent = [await producer.send(self.log_name, None, record, p, None, None) for p, record in records]
-            sent += [await producer.send(self.deadletter_name, d.key.encode(), orjson.dumps(d.value), None, None, None)
-                     for d in dead]
-            await confirm(sent, "log records")
-            offsets = {TopicPartition(tp.topic, tp.partition): records[-1].offset + 1 for tp, records in batch.items()}
-            try:
-                await consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-                # a rebalance took partitions away: their new owner forwards them again,
-                # and the engine applies each source offset once
-                log.warning("router: commit failed (%r); the batch will be forwarded again", exc)
-            self.stats.routed += len(messages)
-            self.stats.rejected += len(dead)
+            if batch:
+                messages = self.merged(batch)
+                records, dead = route_batch(messages, s.partitions, s.max_message_bytes, s.log_record_max_bytes)
+                sent = [await producer.send(self.log_name, None, record, p, None, None) for p, record in records]
+                sent += [await producer.send(self.deadletter_name, d.key.encode(), orjson.dumps(d.value), None, None, None)
+                         for d in dead]
+                in_flight.append((sent, {TopicPartition(tp.topic, tp.partition): rs[-1].offset + 1 for tp, rs in batch.items()}))
+                self.stats.routed += len(messages)
+                self.stats.rejected += len(dead)
+            if len(in_flight) > s.persist_queue_max:  # back-pressure: wait for the oldest batch
+                await asyncio.wait(in_flight[0][0])
+            while in_flight and all(f.done() for f in in_flight[0][0]):
+                futures, offsets = in_flight.popleft()
+                await confirm(futures, "log records")  # raises (and so stops the worker) on a failed send
+                delivered.update(offsets)
+            now = time.monotonic()
+            if delivered and (not batch or now - last_commit >= s.commit_interval_s):
+                await self.commit(consumer, delivered)
+                delivered, last_commit = {}, now
+
+    @staticmethod
+    async def commit(consumer, offsets: dict) -> None:
+        from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # a rebalance took partitions away: their new owner forwards them again, and
+            # the engine applies each source offset once
+            log.warning("router: commit failed (%r); those inputs will be forwarded again", exc)
 
 
 # =========================================================================== engine
@@ -273,6 +287,7 @@ class Boundary:
 
 def row_key(p: int, key: str) -> bytes:
     return f"{p}|{key}".encode()
+
 
 
 @contextmanager
@@ -395,7 +410,7 @@ class Engine:
             if not part.events:
                 continue
             state = part.state
-            rows = [(row_key(p, key), orjson.dumps(state.row(key))) for key in sorted(state.touched)]
+            rows = [(row_key(p, key), orjson.dumps(state.row(key))) for key in sorted(state.touched, key=row_order)]
             state.touched.clear()
             last = part.next_offset - 1
             meta = orjson.dumps({"log_offset": last})
@@ -412,14 +427,17 @@ class Engine:
     def current(self, p: int, epoch: int) -> bool:
         return self.epochs.get(p, 0) == epoch
 
-    async def put_rows(self, p: int, rows: list[tuple[bytes, bytes]], event) -> list:
+    async def put_rows(self, p: int, epoch: int, rows: list[tuple[bytes, bytes]], event) -> list:
         """Write rows into the table's store, and to its changelog partition straight
         through the producer (not ``table[key] = value``: faust buffers those and gives up
-        flushing after 100 ms, so offsets could be committed before the rows were sent)."""
+        flushing after 100 ms, so offsets could be committed before the rows were sent).
+        Stops as soon as the partition is revoked: its new owner reads the changelog."""
         futures = []
         send = self.app.producer.send
         with writing_for(event):
             for key, value in rows:
+                if not self.current(p, epoch):
+                    break
                 self.table.data[key] = value
                 futures.append(await send(self.changelog, key, value, p, None, None))
         return futures
@@ -442,14 +460,14 @@ class Engine:
                     last[(p, epoch)] = (meta, meta_events)
             futures = []
             for (p, epoch), part_rows in rows.items():
-                if self.current(p, epoch) and part_rows:
-                    futures += await self.put_rows(p, list(part_rows.items()), last[(p, epoch)][1][-1])
+                if part_rows:  # merged batches: back in the loadable order (see row_order)
+                    ordered = sorted(part_rows.items(), key=lambda kv: row_order(kv[0].split(b"|", 1)[1].decode()))
+                    futures += await self.put_rows(p, epoch, ordered, last[(p, epoch)][1][-1])
             await confirm(futures, "state rows")
             self.maybe_die("after_rows")  # rows durable; meta not yet written, offsets not acked
             futures = []
             for (p, epoch), (meta, events) in last.items():
-                if self.current(p, epoch):
-                    futures += await self.put_rows(p, [(row_key(p, "meta"), meta)], events[-1])
+                futures += await self.put_rows(p, epoch, [(row_key(p, "meta"), meta)], events[-1])
             await confirm(futures, "meta rows")
             for (p, epoch), (_meta, events) in last.items():
                 if self.current(p, epoch):

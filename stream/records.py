@@ -28,6 +28,8 @@ MAX_HISTORY = 10_000
 MAX_NOTIONAL_USD = Decimal(10) ** 12
 MAX_ABS_AMOUNT_USD = Decimal(10) ** 15
 MAX_LEVEL = 1e15
+MAX_DEPTH = 16
+MAX_PRICE_DECIMALS = 8
 
 
 @dataclass(frozen=True)
@@ -146,12 +148,37 @@ def decode(raw: bytes | str) -> dict:
         raise Undecodable(f"not valid UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise Undecodable(f"expected a JSON object, got {type(obj).__name__}")
+    _check_depth(obj)
     return obj
 
 
-def fingerprint(obj: Mapping[str, Any]) -> str:
-    """A digest of a message's canonical JSON (sorted keys): equal content, equal print."""
-    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+def _check_depth(obj: Any) -> None:
+    """Reject nesting deeper than :data:`MAX_DEPTH` (no message of SPEC §4 is deeper than
+    3, and JSON encoders refuse to write very deep values back)."""
+    level = [obj]
+    for _depth in range(MAX_DEPTH):
+        level = [v for item in level for v in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(v, (dict, list))]
+        if not level:
+            return
+    raise SchemaViolation(f"nested deeper than {MAX_DEPTH} levels")
+
+
+def fingerprint(*fields: Any) -> str:
+    """A digest of an event's parsed content: equal content, equal print, however the JSON
+    spelled it (``460000`` or ``460000.0``, ``Z`` or ``+00:00``, key order, extra fields)."""
+    text = "\x1f".join(_canonical(f) for f in fields)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value.normalize()) if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    return str(value)
 
 
 def _require(obj: Mapping[str, Any], name: str) -> Any:
@@ -216,7 +243,8 @@ def parse_listing(obj: Mapping[str, Any]) -> Listing:
         raise InvalidListing(
             "fewer than 2 returns: the listing must carry params.sigma_prior", field="params.sigma_prior"
         )
-    return Listing(contract_id, kpi, lower, upper, listing_us, settlement_us, tuple(history), params, fingerprint(obj))
+    return Listing(contract_id, kpi, lower, upper, listing_us, settlement_us, tuple(history), params,
+                   fingerprint(contract_id, kpi, lower, upper, listing_us, settlement_us, history, params.canonical()))
 
 
 def parse_flash(obj: Mapping[str, Any]) -> Flash:
@@ -229,18 +257,19 @@ def parse_flash(obj: Mapping[str, Any]) -> Flash:
     coverage = _number(obj, "coverage")
     if not 0.0 <= coverage <= 1.0:
         raise SchemaViolation(f"must be within [0, 1], got {coverage!r}", field="coverage")
-    return Flash(contract_id, as_of_us, value, coverage, fingerprint(obj))
+    return Flash(contract_id, as_of_us, value, coverage, fingerprint(contract_id, as_of_us, value, coverage))
 
 
 def parse_settlement(obj: Mapping[str, Any]) -> Settlement:
     contract_id = _string(obj, "contract_id")
     value = _decimal(obj, "value", Decimal(MAX_LEVEL))
     ts_us = parse_time_us(_require(obj, "ts"), "ts")
-    return Settlement(contract_id, value, ts_us, fingerprint(obj))
+    return Settlement(contract_id, value, ts_us, fingerprint(contract_id, value, ts_us))
 
 
 def parse_tick(obj: Mapping[str, Any]) -> Tick:
-    return Tick(parse_time_us(_require(obj, "ts"), "ts"), fingerprint(obj))
+    ts_us = parse_time_us(_require(obj, "ts"), "ts")
+    return Tick(ts_us, fingerprint(ts_us))
 
 
 def parse_fill(obj: Mapping[str, Any]) -> Fill:
@@ -253,11 +282,16 @@ def parse_fill(obj: Mapping[str, Any]) -> Fill:
     if side not in ("BUY", "SELL"):
         raise SchemaViolation(f"must be 'BUY' or 'SELL', got {str(side)[:32]!r}", field="side")
     price = _decimal(obj, "price", Decimal(MAX_LEVEL))
+    if -price.as_tuple().exponent > MAX_PRICE_DECIMALS:  # type: ignore[operator]
+        raise SchemaViolation(f"more than {MAX_PRICE_DECIMALS} decimal places: {price}", field="price")
     notional = _decimal(obj, "notional", MAX_NOTIONAL_USD)
     if notional <= 0:
         raise OutOfRange(f"must be positive, got {notional}", field="notional", reason="non_positive_notional")
+    if notional != notional.quantize(CENT):
+        raise SchemaViolation(f"sub-cent notional {notional}", field="notional")
     ts_us = parse_time_us(_require(obj, "ts"), "ts")
-    return Fill(trade_id, account_id, contract_id, side, price, notional, ts_us, fingerprint(obj))
+    return Fill(trade_id, account_id, contract_id, side, price, notional, ts_us,
+                fingerprint(trade_id, account_id, contract_id, side, price, notional, ts_us))
 
 
 def parse_movement(obj: Mapping[str, Any]) -> Movement:
@@ -268,7 +302,7 @@ def parse_movement(obj: Mapping[str, Any]) -> Movement:
     if amount != amount.quantize(CENT):
         raise SchemaViolation(f"sub-cent amount {amount}", field="amount")
     ts_us = parse_time_us(_require(obj, "ts"), "ts")
-    return Movement(movement_id, account_id, amount, ts_us, fingerprint(obj))
+    return Movement(movement_id, account_id, amount, ts_us, fingerprint(movement_id, account_id, amount, ts_us))
 
 
 PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
@@ -318,15 +352,18 @@ def _raw_text(raw: bytes, truncated: bool) -> str | None:
     return None
 
 
-def deadletter_record(source_topic: str, partition: int, offset: int | None, raw: bytes, error: Exception) -> dict:
+def deadletter_record(source_topic: str, partition: int, offset: int | None, raw: bytes, error: Exception,
+                      qualifier: str = "") -> dict:
     """The dead-letter record: source coordinates, the reason, and the raw bytes (SPEC §3),
-    the first :data:`DEADLETTER_RAW_MAX_BYTES` of them (``raw_bytes`` is the full size)."""
+    the first :data:`DEADLETTER_RAW_MAX_BYTES` of them (``raw_bytes`` is the full size).
+    ``qualifier`` tells apart several dead letters of one source (entries of one log
+    record; one broadcast event failing in several log partitions) in the id."""
     info = error.as_dict() if isinstance(error, Rejected) else {"reason": "internal_error", "field": None, "detail": repr(error)}
     size = len(raw)
     truncated = size > DEADLETTER_RAW_MAX_BYTES
     raw = raw[:DEADLETTER_RAW_MAX_BYTES]
     raw_text = _raw_text(raw, truncated)
-    cause = Cause(source_topic, partition, offset, "")
+    cause = Cause(source_topic, partition, offset, qualifier)
     return {
         "id": record_id("deadletter", "", cause),
         "source": {"topic": source_topic, "partition": partition, "offset": offset},

@@ -105,8 +105,13 @@ class Settings:
             raise ValueError(f"KPIMARGIN_STORE must be memory:// or rocksdb://, got {self.store!r}")
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ValueError(f"KAFKA_SECURITY_PROTOCOL not supported: {self.security_protocol!r}")
-        if self.security_protocol.startswith("SASL") and self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
-            raise ValueError(f"KAFKA_SASL_MECHANISM must be PLAIN or SCRAM-SHA-256/512, got {self.sasl_mechanism!r}")
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+                raise ValueError(f"KAFKA_SASL_MECHANISM must be PLAIN or SCRAM-SHA-256/512, got {self.sasl_mechanism!r}")
+            if not self.sasl_username or not self.sasl_password:
+                raise ValueError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with a SASL protocol")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE")
 
     def engine_config(self):
         """The engine knobs these settings choose (workers and replay must agree on them)."""

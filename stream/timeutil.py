@@ -5,30 +5,48 @@ Integers keep time exact and deterministic; the model only ever divides two diff
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 
 from .errors import SchemaViolation
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+# RFC 3339 date-time with an offset, or a bare date (midnight UTC); ASCII digits only.
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2}))?", re.ASCII)
+# Event times outside these years are rejected: nothing this processor margins lives there,
+# and every time it accepts can be formatted back (year 1 to 9999 in UTC).
+MIN_YEAR, MAX_YEAR = 1970, 2199
+_MIN_US = (datetime(MIN_YEAR, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(microseconds=1)
+_MAX_US = (datetime(MAX_YEAR + 1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(microseconds=1)
+
+
 def parse_time_us(value: object, field: str) -> int:
-    """Parse an ISO-8601 time with a UTC offset (``Z`` or ``+HH:MM``) or a bare date
-    (midnight UTC) into microseconds since the epoch."""
+    """Parse an RFC 3339 time with a UTC offset (``Z`` or ``+HH:MM``) or a bare date
+    (midnight UTC) into microseconds since the epoch; years 1970 to 2199 (UTC) only.
+    Fractions beyond microseconds are truncated."""
     if not isinstance(value, str):
         raise SchemaViolation(f"expected an ISO-8601 UTC time string, got {type(value).__name__}", field=field)
-    text = value.strip()
+    if len(value) > 40 or not _TIME.fullmatch(value):
+        raise SchemaViolation(f"not an RFC 3339 time (e.g. 2026-04-25T14:05:00Z): {value[:64]!r}", field=field)
+    text = value
+    if len(text) == 10:
+        text += "T00:00:00Z"
+    if text[-1] in "Zz":
+        text = text[:-1] + "+00:00"
+    head, dot, rest = text.partition(".")
+    if dot:  # at most 6 fraction digits for fromisoformat; more are truncated
+        digits = rest[:-6]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[-6:]}"
     try:
-        if len(text) == 10:
-            dt = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
-        else:
-            dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        dt = datetime.fromisoformat(text)
     except ValueError:
-        raise SchemaViolation(f"not an ISO-8601 time: {value[:64]!r}", field=field) from None
-    if dt.tzinfo is None:
-        raise SchemaViolation(f"time has no UTC offset: {value[:64]!r}", field=field)
-    delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        raise SchemaViolation(f"not a valid time: {value[:64]!r}", field=field) from None
+    us = (dt - _EPOCH) // timedelta(microseconds=1)
+    if not _MIN_US <= us < _MAX_US:
+        raise SchemaViolation(f"outside the years {MIN_YEAR} to {MAX_YEAR} (UTC): {value[:64]!r}", field=field)
+    return us
 
 
 def format_time_us(us: int) -> str:

@@ -1,7 +1,8 @@
 """Pre-trade / what-if margin (issue: ``kpimargin whatif``): the core engine run on files.
 
-Listings and flashes are applied first, then one clock tick at ``--at``, then the fills in
-file order; the result is each account's IM (rounded up to the cent) and its unrounded
+Listings, then flashes (oldest ``as_of`` first: the latest wins), are applied first, then
+one clock tick at ``--at``, then the fills in file order (none is too old to be checked for
+duplicates: a what-if has no dedup horizon); the result is each account's IM (rounded up to the cent) and its unrounded
 per-position components -- exactly what the streaming processor would publish.
 """
 
@@ -14,6 +15,7 @@ from .errors import Rejected
 from .positions import Book
 from .money import cents_to_decimal, cents_up, money_str
 from .records import Cause, parse
+from .timeutil import parse_time_us
 from .topics import FILLS, FLASH, LISTINGS, TICKS
 
 
@@ -44,9 +46,10 @@ class Market:
         flashes: Sequence[tuple[str, Any]] = (),
         config: EngineConfig | None = None,
     ):
-        self.state = EngineState(config=config or EngineConfig())
+        # a what-if is not a stream: no fill is too old to be checked for duplicates
+        self.state = EngineState(config=config or EngineConfig(dedup_horizon_us=None))
         offset = 0
-        for topic, group in ((LISTINGS, listings), (FLASH, flashes)):
+        for topic, group in ((LISTINGS, listings), (FLASH, _by_as_of(flashes))):
             for source, obj in group:
                 items = _messages(obj)
                 for i, item in enumerate(items):
@@ -87,6 +90,21 @@ class Market:
             accounts.append({"account_id": account_id, "im": money_str(cents_to_decimal(cents_up(total))),
                              "positions": positions})
         return {"accounts": accounts}
+
+
+def _by_as_of(flashes: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Every flash on its own, oldest ``as_of`` first, so that the latest one wins whatever
+    the order of the files (SPEC §2.6); unparseable ones first, to be reported."""
+    items = []
+    for source, obj in flashes:
+        for i, item in enumerate(_messages(obj)):
+            name = f"{source}[{i}]" if isinstance(obj, list) else source
+            try:
+                key = parse_time_us(item.get("as_of"), "as_of") if isinstance(item, dict) else None
+            except Rejected:
+                key = None
+            items.append((key is not None, key or 0, len(items), name, item))
+    return [(name, item) for *_, name, item in sorted(items, key=lambda t: t[:3])]
 
 
 def _feed(state: EngineState, topic: str, source: str, obj: Any, index: int | None, offset: int) -> None:

@@ -1,6 +1,6 @@
 """Audit tools (replay, explain, export, report): one real worker runs the demo scenario on a
 real broker once; the tools then run as the real CLI in subprocesses against the broker or
-an export directory. Plus a pure unit test of the replay comparison on an in-memory log."""
+an export directory. The broker-free tests of the same tools are in test_audit_offline.py."""
 
 from __future__ import annotations
 
@@ -14,23 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.audit import (
-    Filters,
-    Record,
-    as_records,
-    explain,
-    field_diffs,
-    read_export,
-    route_offline,
-    run_replay,
-)
+from stream.audit import read_export
 from stream.demo import load_scenario
 from stream.kafka import publish
-from stream.ordered_log import encode_entry, encode_record, expand, replay
 from stream.timeutil import parse_time_us
-from stream.topics import CALLS, COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, TICKS
+from stream.topics import CALLS, COLLATERAL, FILLS, LOG, REQUIREMENTS
 
-from .conftest import TSLA, load_example
 from .streaming_support import Cluster, fresh_settings, kafka_bootstrap, run_phases_and_settle
 from .test_streaming import all_final
 
@@ -128,7 +117,8 @@ def test_explain_equals_the_published_requirement_at_that_time(run):
             contract = got["contracts"][position["contract_id"]]
             assert {"mu", "sigma_adj", "n"} <= set(contract["estimate"]) and contract["rv"]["tail_count"] > 0
             assert contract["params"]["alpha"] == 0.99
-        assert got["chain"][-1]["log"]["offset"] == got["last_log_offset"], "the chain ends with the last entry applied"
+        last = got["chain"][-1]["log"]
+        assert (last["offset"], last["entry"]) == (got["last_log_offset"], got["last_log_entry"]), "the chain ends with the last entry applied"
         assert any(item["source"]["topic"] in (FILLS, COLLATERAL) for item in got["chain"])
 
 
@@ -187,83 +177,3 @@ def test_an_altered_published_record_is_caught(run):
     assert re.search(rf"^\s+im\s+9999\.99\s+{re.escape(real['im'])}\s*$", result.stdout, re.M), result.stdout
     others = cli(run["env"], "replay", "--account", "ACME")
     assert others.returncode == 0, others.stdout
-
-
-# --------------------------------------------------------------------------- pure
-WEB = load_example("web_listing.json")
-
-
-def _small_log() -> list[tuple[int, int, bytes]]:
-    """Two log partitions built by hand with encode_entry, one entry per record: listings
-    and a tick in both, each account's deposit and fills in its own partition."""
-    entries = []
-    for p in (0, 1):
-        entries += [(p, 0, encode_entry(LISTINGS, 0, 0, TSLA)), (p, 1, encode_entry(LISTINGS, 0, 1, WEB)),
-                    (p, 2, encode_entry(TICKS, 0, 0, {"ts": "2026-04-10T00:00:00Z"}))]
-    accounts = {0: "A", 1: "B"}
-    for p, account in accounts.items():
-        deposit = {"movement_id": f"M-{account}", "account_id": account, "amount": "2000.00", "ts": "2026-04-10T01:00:00Z"}
-        entries.append((p, 3, encode_entry(COLLATERAL, p, 0, deposit)))
-        for i, (contract, price) in enumerate(((TSLA["contract_id"], 450000), (WEB["contract_id"], 124))):
-            fill = {"trade_id": f"T-{account}{i}", "account_id": account, "contract_id": contract, "side": "BUY",
-                    "price": price, "notional": 5000, "ts": "2026-04-10T02:00:00Z"}
-            entries.append((p, 4 + i, encode_entry(FILLS, p, i, fill)))
-    return sorted((p, o, encode_record([entry])) for p, o, entry in entries)
-
-
-def _published(entries) -> dict[str, list[Record]]:
-    """What a faithful worker would have published: the replay's requirements and calls."""
-    topics = {REQUIREMENTS: [], CALLS: []}
-    for _p, _o, out in replay(entries):
-        if out.topic in topics:
-            topics[out.topic].append(Record(0, len(topics[out.topic]), None, out.key.encode(), orjson.dumps(out.value)))
-    return topics
-
-
-def test_replay_comparison_without_a_broker():
-    entries = _small_log()
-    published = _published(entries)
-    topics = {LOG: as_records(entries), **published}
-    report = run_replay(topics)
-    assert report.ok and report.entries == len(entries) == 12 and report.compared == report.recomputed > 4
-
-    # a repeated identical record (at-least-once) is not a mismatch
-    topics[REQUIREMENTS] = published[REQUIREMENTS] + published[REQUIREMENTS][:1]
-    assert run_replay(topics).ok
-
-    # a changed im, a missing call, an extra record
-    first = orjson.loads(published[REQUIREMENTS][-1].value)
-    altered = {**first, "im": "1.00", "positions": [{**first["positions"][0], "es": 0.5}, *first["positions"][1:]]}
-    extra = {**first, "id": "not-a-replayed-id"}
-    topics[REQUIREMENTS] = published[REQUIREMENTS] + [Record(0, 99, None, None, orjson.dumps(v)) for v in (altered, extra)]
-    calls = [r for r in published[CALLS] if orjson.loads(r.value)["account_id"] == first["account_id"]]
-    topics[CALLS] = [r for r in published[CALLS] if r not in calls[:1]]
-    report = run_replay(topics)
-    kinds = sorted(m.kind for m in report.mismatches)
-    assert calls and kinds == ["differs", "extra", "missing"]
-    differs = next(m for m in report.mismatches if m.kind == "differs")
-    assert differs.record_id == first["id"]
-    assert differs.diffs == [("im", "1.00", first["im"]), ("positions[0].es", 0.5, first["positions"][0]["es"])]
-
-    # filters restrict what is compared, never what is applied
-    other = "B" if first["account_id"] == "A" else "A"
-    assert run_replay(topics, Filters(account=other)).ok
-    assert not run_replay(topics, Filters(account=first["account_id"])).ok
-    assert run_replay(topics, Filters(contract="NO-SUCH-CONTRACT")).compared == 0
-    assert run_replay(topics, Filters(from_offset=0, to_offset=3)).compared == 2  # the two deposits
-
-
-def test_field_diffs_names_nested_fields():
-    assert field_diffs({"a": 1, "p": [{"x": 1.0}]}, {"a": 1, "p": [{"x": 1.0}]}) == []
-    assert field_diffs({"p": [{"x": 1.0}]}, {"p": [{"x": 2.0}, {"x": 3.0}]}) == [
-        ("p[0].x", 1.0, 2.0), ("p[1]", "(absent)", {"x": 3.0})]
-
-
-def test_explain_on_an_in_memory_log_matches_the_last_requirement():
-    records = route_offline([(ph["topic"], m) for ph in PHASES for m in ph["messages"]], 4)
-    result = explain(expand(records), "GAMMA", parse_time_us("2026-05-01T00:00:00Z", "at"))
-    last = [out.value for _p, _o, out in replay([r for r in records if r[0] == result["log_partition"]])
-            if out.topic == REQUIREMENTS and out.value["account_id"] == "GAMMA" and out.value["as_of"] <= "2026-05-01T00:00:00Z"][-1]
-    assert (result["im"], result["equity"]) == (last["im"], last["equity"])
-    assert result["positions"] == last["positions"]
-    assert result["open_call"] is not None

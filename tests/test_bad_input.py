@@ -127,10 +127,17 @@ VALID = {
             "price": 450000, "notional": 100, "ts": "2026-04-06T00:00:00Z"},
     COLLATERAL: {"movement_id": "GEN", "account_id": "ACME", "amount": "10.00", "ts": "2026-04-06T00:00:00Z"},
 }
-json_values = st.one_of(
+scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20), st.lists(st.integers(), max_size=3),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+    # decimal strings with any exponent, times with odd offsets and years: the hostile kinds
+    st.from_regex(r"\A[+-]?[0-9]{0,3}(\.[0-9]{0,12})?([eE][+-]?[0-9]{1,12})?\Z"),
+    st.from_regex(r"\A[0-9]{4}-[01][0-9]-[0-3][0-9](T[0-2][0-9]:[0-5][0-9]:[0-6][0-9](\.[0-9]{1,12})?(Z|[+-][0-9]{2}:[0-9]{2}))?\Z"),
 )
+json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                            st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                           max_leaves=8)
+deep = st.integers(min_value=17, max_value=900).map(lambda n: json.loads("[" * n + "]" * n))
 
 
 @st.composite
@@ -144,14 +151,14 @@ def mutated(draw):
     if how == "drop":
         del msg[key]
     elif how == "replace":
-        msg[key] = draw(json_values)
+        msg[key] = draw(st.one_of(json_values, deep))
     else:
-        msg[draw(st.text(min_size=1, max_size=8))] = draw(json_values)
+        msg[draw(st.text(min_size=1, max_size=8))] = draw(st.one_of(json_values, deep))
     # the standard library writes NaN, Infinity and integers beyond 64 bits: all must be handled
     return topic, json.dumps(msg).encode()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_generated_bad_input_never_crashes_and_never_half_applies(case):
     topic, raw = case

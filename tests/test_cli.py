@@ -12,6 +12,7 @@ import pytest
 from .conftest import EXAMPLES, TSLA
 
 AT = "2026-04-25T00:00:00Z"
+BOTH = ("--contract", str(EXAMPLES / "tsla_listing.json"), "--contract", str(EXAMPLES / "web_listing.json"))
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -44,6 +45,41 @@ def test_whatif_with_a_flash_and_a_list_of_listings(tmp_path: Path):
     assert base.returncode == flashed.returncode == 0
     es = lambda out: next(p["es"] for p in json.loads(out)["accounts"][0]["positions"] if p["contract_id"] == TSLA["contract_id"])  # noqa: E731
     assert es(flashed.stdout) < es(base.stdout)
+
+
+def test_the_latest_flash_wins_whatever_the_order_of_the_files(tmp_path: Path):
+    early = {"contract_id": TSLA["contract_id"], "as_of": "2026-04-10T00:00:00Z", "value": 350000, "coverage": 0.2}
+    late = {"contract_id": TSLA["contract_id"], "as_of": "2026-04-20T00:00:00Z", "value": 470000, "coverage": 0.9}
+    results = []
+    for order in ([early, late], [late, early]):
+        (tmp_path / "f.json").write_text(json.dumps(order))
+        proc = run("whatif", *BOTH, "--fills", str(EXAMPLES / "fills.json"),
+                   "--at", AT, "--flash", str(tmp_path / "f.json"))
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads(proc.stdout))
+    only_late = tmp_path / "late.json"
+    only_late.write_text(json.dumps(late))
+    proc = run("whatif", *BOTH, "--fills", str(EXAMPLES / "fills.json"),
+               "--at", AT, "--flash", str(only_late))
+    assert results[0] == results[1] == json.loads(proc.stdout)
+
+
+def test_fills_long_before_the_what_if_time_are_margined(tmp_path: Path):
+    old = [{"trade_id": "OLD", "account_id": "A", "contract_id": TSLA["contract_id"], "side": "BUY", "price": 460000,
+            "notional": 10000, "ts": "2026-01-05T00:00:00Z"}]  # months before --at: no dedup horizon in a what-if
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    proc = run("whatif", "--contract", str(EXAMPLES / "tsla_listing.json"), "--fills", str(tmp_path / "old.json"), "--at", AT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["accounts"][0]["im"] == "5333.34"
+
+
+def test_the_console_script_is_installed_and_is_the_same_program():
+    script = Path(sys.executable).parent / "kpimargin"
+    assert script.exists(), "pip install -e . installs the kpimargin console script beside the interpreter"
+    args = ["whatif", *BOTH, "--fills", str(EXAMPLES / "fills.json"), "--at", AT]
+    via_script = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120)
+    assert via_script.returncode == 0, via_script.stderr
+    assert via_script.stdout == run(*args).stdout
 
 
 @pytest.mark.parametrize(

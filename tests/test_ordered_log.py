@@ -164,7 +164,7 @@ def test_a_malformed_entry_inside_a_record_does_not_stop_the_others():
     assert [o.value["reason"] for o in outputs] == ["schema_violation"]
     assert outputs[0].value["source"] == {"topic": LOG, "partition": 0, "offset": 5}
     assert state.now_us is not None and TSLA["contract_id"] in state.contracts
-    assert [(p, o) for p, o, _e in expand([(0, 5, record)])] == [(0, 5)] * 3
+    assert [(p, o, i) for p, o, i, _e in expand([(0, 5, record)])] == [(0, 5, 0), (0, 5, 1), (0, 5, 2)]
 
 
 def test_the_dead_letter_of_a_huge_message_keeps_only_its_head():

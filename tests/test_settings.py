@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -31,6 +32,12 @@ def test_defaults_and_environment():
     ({"KPIMARGIN_STORE": "redis://"}, "KPIMARGIN_STORE"),
     ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
     ({"KPIMARGIN_WEB_ENABLED": "maybe"}, "KPIMARGIN_WEB_ENABLED"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "u"},
+     "KAFKA_SASL_PASSWORD"),
+    ({"KAFKA_SSL_KEYFILE": "/k.pem"}, "KAFKA_SSL_CERTFILE"),
+    ({"KPIMARGIN_BATCH_MAX": "0"}, "KPIMARGIN_BATCH_MAX"),
+    ({"KPIMARGIN_MAX_MESSAGE_BYTES": "400000"}, "KPIMARGIN_LOG_RECORD_MAX_BYTES"),
+    ({"KPIMARGIN_STALL_TIMEOUT_S": "0"}, "KPIMARGIN_STALL_TIMEOUT_S"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ValueError, match=message):
@@ -85,3 +92,55 @@ def test_no_object_codecs_and_no_code_evaluation():
 
     config = faust_config(Settings.from_env({}))
     assert config["key_serializer"] == "raw" and config["value_serializer"] == "raw"
+
+
+def _throwaway_tls(tmp_path):
+    """A self-signed CA and a client certificate signed by it (openssl), for the TLS wiring."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=kpimargin-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=worker")
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "client.pem", "-days", "2")
+    return tmp_path / "ca.pem", tmp_path / "client.pem", tmp_path / "client.key"
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_tls_and_sasl_reach_every_kafka_client_the_worker_creates(tmp_path, protocol):
+    """faust's clients and the router's plain aiokafka consumer get the same protocol, SASL
+    credentials and TLS context (CA, client certificate), and verify the broker's name."""
+    import ssl
+
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from stream.processor import Router, Stats, faust_config
+
+    ca, cert, key = _throwaway_tls(tmp_path)
+    env = {"KAFKA_SECURITY_PROTOCOL": protocol, "KAFKA_SSL_CAFILE": str(ca), "KAFKA_SSL_CERTFILE": str(cert),
+           "KAFKA_SSL_KEYFILE": str(key)}
+    if protocol == "SASL_SSL":
+        env.update(KAFKA_SASL_MECHANISM="SCRAM-SHA-256", KAFKA_SASL_USERNAME="clearing", KAFKA_SASL_PASSWORD="s3cret")
+    s = Settings.from_env(env)
+
+    async def router_client():
+        return Router(None, s, Stats()).consumer()._client  # noqa: SLF001 - the consumer's own client
+
+    router = asyncio.run(router_client())
+    faust_auth = credentials_to_aiokafka_auth(faust_config(s)["broker_credentials"])
+    for client_protocol, context, mechanism, user in (
+        (router._security_protocol, router._ssl_context, router._sasl_mechanism, router._sasl_plain_username),
+        (faust_auth["security_protocol"], faust_auth["ssl_context"], faust_auth.get("sasl_mechanism"),
+         faust_auth.get("sasl_plain_username")),
+    ):
+        assert client_protocol == protocol
+        assert isinstance(context, ssl.SSLContext) and context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+        assert any(c.get("subject") == ((("commonName", "kpimargin-test-ca"),),) for c in context.get_ca_certs())
+        if protocol == "SASL_SSL":
+            assert (mechanism, user) == ("SCRAM-SHA-256", "clearing")
