@@ -103,9 +103,9 @@ class Params:
             if not ok:
                 raise InvalidListing(f"{message}, got {getattr(self, name)!r}", field=f"params.{name}")
 
-    def canonical(self) -> tuple:
+    def canonical(self) -> list:
         """Every parameter, in field order (for fingerprints)."""
-        return tuple(getattr(self, f.name) for f in fields(self))
+        return [getattr(self, f.name) for f in fields(self)]
 
     def tail_count(self) -> int:
         """``m = ceil((1 - alpha) * M)``, exact despite binary floats (SPEC §2.9):

@@ -166,19 +166,10 @@ def _check_depth(obj: Any) -> None:
 
 def fingerprint(*fields: Any) -> str:
     """A digest of an event's parsed content: equal content, equal print, however the JSON
-    spelled it (``460000`` or ``460000.0``, ``Z`` or ``+00:00``, key order, extra fields)."""
-    text = "\x1f".join(_canonical(f) for f in fields)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _canonical(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return str(value.normalize()) if value else "0"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return "[" + ",".join(_canonical(v) for v in value) + "]"
-    return str(value)
+    spelled it (``460000`` or ``460000.0``, ``Z`` or ``+00:00``, key order, extra fields).
+    Decimals are normalised (``4.6E+5``); floats and strings are written by orjson."""
+    canonical = [(str(f.normalize()) if f else "0") if isinstance(f, Decimal) else f for f in fields]
+    return hashlib.sha256(orjson.dumps(canonical)).hexdigest()[:32]
 
 
 def _require(obj: Mapping[str, Any], name: str) -> Any:

@@ -45,7 +45,7 @@ class Settings:
     log_record_max_bytes: int = setting(
         "KPIMARGIN_LOG_RECORD_MAX_BYTES", 524_288, "Largest margin.log record the router writes (entries beyond it start a new record)."
     )
-    batch_max: int = setting("KPIMARGIN_BATCH_MAX", 500, "Most log records applied before a batch is handed to the persister (a batch also ends whenever the log is drained).")
+    batch_max: int = setting("KPIMARGIN_BATCH_MAX", 2000, "Most log entries applied before a batch is handed to the persister (a batch also ends whenever the log is drained).")
     persist_queue_max: int = setting(
         "KPIMARGIN_PERSIST_QUEUE_MAX", 8, "Most batches waiting to be made durable before the engine waits for the persister (back-pressure)."
     )
