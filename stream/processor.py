@@ -24,20 +24,21 @@ plus a ``meta`` row naming the last log offset whose effects are all durable.
 Delivery guarantee (at-least-once, idempotent). The agent applies records in memory and
 publishes their outputs without waiting; at a batch boundary (the input queue is empty, or
 ``KPIMARGIN_BATCH_MAX`` entries) it snapshots the rows the batch changed and hands them to
-the :class:`Persister`, which, in order and without holding up the agent:
+the persister (:meth:`Engine.persist`), which, in order and without holding up the agent:
 
 1. waits until every output of the batch is acknowledged by the broker;
-2. writes the changed rows (to the table's store and its changelog) and waits for them;
-3. writes the ``meta`` row and waits for it;
+2. writes the changed rows to the changelog, each versioned with the batch's last log
+   offset and carrying its previous value (:mod:`stream.durable`), and waits for them;
+3. writes the ``meta`` row (the batch's last log offset) and waits for it;
 4. acks the batch's log records, so faust may commit their offsets.
 
-State is therefore never ahead of the outputs it implies, and the ``meta`` row never ahead
-of the rows. A worker taking over a partition resumes right after the ``meta`` offset --
-*not* at the group's committed offset: it seeks the log back when the two differ (a
-changelog recovery that stopped early, an offset faust skipped). Each row also remembers
-the source offsets it has applied, so records re-applied after a crash change no row
-twice, and every output is published again with the same id and content (consumers
-deduplicate by ``id``).
+State is therefore never ahead of the outputs it implies. A partition is loaded exactly as
+of its ``meta`` offset -- a row newer than ``meta`` counts as its previous value -- so a
+batch whose rows landed only in part is rolled back and applied again, and resumed right
+after ``meta``: that offset is committed before faust seeks the stream (and the log is
+sought back if a record beyond it still arrives). Each row also remembers the source
+offsets it has applied, so an input forwarded twice changes no row twice; every output is
+published again with the same id and content (consumers deduplicate by ``id``).
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ import weakref
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import faust
 import orjson
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
+from . import durable
 from .engine import EngineState, row_order
 from .kafka import client_kwargs, ssl_context
 from .ordered_log import apply_record_entries, merge_inputs, route_batch
@@ -186,6 +188,16 @@ class Stats:
 
 
 # =========================================================================== router
+def undelivered_log_record(future) -> None:
+    """Done-callback of every router send: a record the broker refused (after the
+    producer's retries) stops the worker at once -- before a later record of the same log
+    partition could land after the gap, and before its input offsets are committed."""
+    if future.cancelled() or future.exception() is not None:
+        log.critical("a margin.log record was not delivered (%r); exiting", None if future.cancelled() else future.exception())
+        logging.shutdown()
+        os._exit(EXIT_FAILED)
+
+
 class Router:
     """Input topics -> ``margin.log`` records and dead letters; see the module docstring."""
 
@@ -243,6 +255,8 @@ class Router:
                 sent = [await producer.send(self.log_name, None, record, p, None, None) for p, record in records]
                 sent += [await producer.send(self.deadletter_name, d.key.encode(), orjson.dumps(d.value), None, None, None)
                          for d in dead]
+                for future in sent:
+                    future.add_done_callback(undelivered_log_record)
                 in_flight.append((sent, {TopicPartition(tp.topic, tp.partition): rs[-1].offset + 1 for tp, rs in batch.items()}))
                 self.stats.routed += len(messages)
                 self.stats.rejected += len(dead)
@@ -254,19 +268,25 @@ class Router:
                 delivered.update(offsets)
             now = time.monotonic()
             if delivered and (not batch or now - last_commit >= s.commit_interval_s):
-                await self.commit(consumer, delivered)
-                delivered, last_commit = {}, now
+                delivered, last_commit = await self.commit(consumer, delivered), now
 
     @staticmethod
-    async def commit(consumer, offsets: dict) -> None:
+    async def commit(consumer, offsets: dict) -> dict:
+        """Commit the offsets of partitions still assigned (a revoked one's new owner
+        forwards its inputs again, and the engine applies each source offset once); return
+        what is left to commit after a failure."""
         from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+        assigned = consumer.assignment()
+        mine = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if not mine:
+            return {}
         try:
-            await consumer.commit(offsets)
+            await consumer.commit(mine)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            # a rebalance took partitions away: their new owner forwards them again, and
-            # the engine applies each source offset once
-            log.warning("router: commit failed (%r); those inputs will be forwarded again", exc)
+            log.warning("router: commit failed (%r); will retry", exc)
+            return mine
+        return {}
 
 
 # =========================================================================== engine
@@ -290,7 +310,7 @@ class Boundary:
     the changed rows, the meta row and the log records to ack once durable."""
 
     outputs: list
-    parts: list[tuple[int, int, list[tuple[bytes, bytes]], bytes, list]]  # (p, epoch, rows, meta, events)
+    parts: list[tuple[int, int, list[tuple[bytes, bytes]], int, list]]  # (p, epoch, rows, last log offset, events)
 
 
 def row_key(p: int, key: str) -> bytes:
@@ -328,6 +348,8 @@ class Engine:
         self.unpersisted = 0  # boundaries handed to the persister and not yet durable
         self.entries_since = 0  # log entries applied since the last boundary
         self.stopping = False
+        self.lock = asyncio.Lock()  # held by the persister while it writes rows; a revocation waits for it
+        self.durable_meta: dict[int, int] = {}  # per partition: the log offset of the last durable meta row
 
     # ---------------------------------------------------------------- faults
     def maybe_die(self, point: str) -> None:
@@ -337,22 +359,31 @@ class Engine:
             os.kill(os.getpid(), signal.SIGKILL)
 
     # ---------------------------------------------------------------- partitions
-    def partition_rows(self, p: int) -> dict[str, dict]:
+    def partition_rows(self, p: int) -> tuple[int, dict[str, dict]]:
+        """The durable ``meta`` log offset of partition ``p`` and its rows as of that offset
+        (:mod:`stream.durable`: a row written by a batch whose meta never landed counts as
+        its previous value)."""
         prefix = f"{p}|".encode()
-        return {
-            k[len(prefix):].decode(): orjson.loads(v)
-            for k, v in list(self.table.data.items())
-            if k.startswith(prefix) and v is not None
-        }
+        stored = {k[len(prefix):].decode(): v for k, v in list(self.table.data.items())
+                  if k.startswith(prefix) and v is not None}
+        meta_raw = stored.pop("meta", None)
+        meta = orjson.loads(meta_raw)["log_offset"] if meta_raw is not None else -1
+        rows = {}
+        for key, value in stored.items():
+            row = durable.effective(value, meta)
+            if row is not None:
+                rows[key] = orjson.loads(row)
+        return meta, rows
 
     def load(self, p: int) -> Partition:
         """The engine state of log partition ``p`` from the table (recovered from its
-        changelog by faust), and the log offset to resume at: right after ``meta``."""
+        changelog by faust), exactly as of its ``meta`` log offset, and the offset to
+        resume at: right after it."""
         self.maybe_die("in_recovery")
-        rows = self.partition_rows(p)
-        meta = rows.pop("meta", None) or {"log_offset": -1}
+        meta, rows = self.partition_rows(p)
         state = EngineState.from_rows(rows.items(), self.config)
-        part = Partition(state, self.epochs.get(p, 0), meta["log_offset"] + 1)
+        self.durable_meta[p] = meta
+        part = Partition(state, self.epochs.get(p, 0), meta + 1)
         log.info("partition %d: state loaded (%d accounts, %d contracts), resuming at log offset %d",
                  p, len(state.accounts), len(state.contracts), part.next_offset)
         return part
@@ -386,30 +417,35 @@ class Engine:
             part = self.parts.get(p)
             if part is None:
                 part = self.parts[p] = self.load(p)
-            part.last_event_at = time.monotonic()
             if offset > part.next_offset:  # a gap: seek back; this record comes again
                 await self.rewind(p, part)
-                continue
-            part.rewind_to = None
-            if offset == part.next_offset:
-                t0 = time.perf_counter()
-                outputs = []
-                for _entry, produced in apply_record_entries(part.state, p, offset, event.value):
-                    outputs.extend(produced)
-                    part.entries += 1
+            else:
+                part.last_event_at = time.monotonic()
+                part.rewind_to = None
+                if offset == part.next_offset:
+                    await self.apply(p, part, offset, event.value)
+                else:  # applied before (a re-delivery after a seek or a rebalance): acked with this batch
                     self.entries_since += 1
-                self.stats.apply_s += time.perf_counter() - t0
-                send = self.app.producer.send
-                for out in outputs:
-                    self.in_flight.append(await send(self.out_names[out.topic], out.key.encode(), orjson.dumps(out.value),
-                                                     None, None, None))
-                part.next_offset = offset + 1
-                self.stats.records += 1
-                self.stats.outputs += len(outputs)
-            # else: applied before (a re-delivery after a seek or a rebalance): acked with this batch
-            part.events.append(event)
+                part.events.append(event)
             if queue.empty() or self.entries_since >= batch_max:
                 await self.boundary()
+
+    async def apply(self, p: int, part: Partition, offset: int, record: bytes | None) -> None:
+        """Apply one log record and hand its outputs to the producer (no wait)."""
+        t0 = time.perf_counter()
+        outputs = []
+        for _entry, produced in apply_record_entries(part.state, p, offset, record):
+            outputs.extend(produced)
+            part.entries += 1
+            self.entries_since += 1
+        part.next_offset = offset + 1
+        self.stats.apply_s += time.perf_counter() - t0
+        self.stats.records += 1
+        self.stats.outputs += len(outputs)
+        send = self.app.producer.send
+        for out in outputs:
+            self.in_flight.append(await send(self.out_names[out.topic], out.key.encode(), orjson.dumps(out.value),
+                                             None, None, None))
 
     async def boundary(self) -> None:
         """Snapshot the rows the batch changed and hand the batch to the persister."""
@@ -420,9 +456,7 @@ class Engine:
             state = part.state
             rows = [(row_key(p, key), orjson.dumps(state.row(key))) for key in sorted(state.touched, key=row_order)]
             state.touched.clear()
-            last = part.next_offset - 1
-            meta = orjson.dumps({"log_offset": last})
-            parts.append((p, part.epoch, rows, meta, part.events))
+            parts.append((p, part.epoch, rows, part.next_offset - 1, part.events))
             self.stats.entries += part.entries
             part.events, part.entries = [], 0
         self.entries_since = 0
@@ -435,23 +469,28 @@ class Engine:
     def current(self, p: int, epoch: int) -> bool:
         return self.epochs.get(p, 0) == epoch
 
-    async def put_rows(self, p: int, epoch: int, rows: list[tuple[bytes, bytes]], event) -> list:
-        """Write rows into the table's store, and to its changelog partition straight
-        through the producer (not ``table[key] = value``: faust buffers those and gives up
-        flushing after 100 ms, so offsets could be committed before the rows were sent).
-        Stops as soon as the partition is revoked: its new owner reads the changelog."""
-        futures = []
+    async def send_rows(self, p: int, rows: list[tuple[bytes, bytes]]) -> list:
+        """Send rows to the table's changelog partition straight through the producer (not
+        ``table[key] = value``: faust buffers those and gives up flushing after 100 ms, so
+        offsets could be committed before the rows were sent); return the deliveries."""
         send = self.app.producer.send
+        return [await send(self.changelog, key, value, p, None, None) for key, value in rows]
+
+    def store_rows(self, rows: list[tuple[bytes, bytes]], event) -> None:
+        """Rows the changelog acknowledged, into the table's local store (only then: a
+        local store must never hold what the changelog does not)."""
         with writing_for(event):
             for key, value in rows:
-                if not self.current(p, epoch):
-                    break
                 self.table.data[key] = value
-                futures.append(await send(self.changelog, key, value, p, None, None))
-        return futures
 
     async def persist(self) -> None:
-        """The persister task: boundaries in order, several at a time when they queue up."""
+        """The persister task: boundaries in order, several at a time when they queue up.
+
+        A round: confirm the outputs; then, holding :attr:`lock` (a revocation waits for
+        it, so no row of a revoked partition is written after the revocation), write each
+        partition's changed rows versioned with the round's last log offset
+        (:mod:`stream.durable`), confirm them, write the ``meta`` rows, confirm them, and
+        ack the round's log records."""
         while True:
             batch = [await self.queue.get()]
             while not self.queue.empty():
@@ -460,60 +499,95 @@ class Engine:
             await confirm(self.app.producer, [f for b in batch for f in b.outputs], "outputs")
             self.maybe_die("after_outputs")  # outputs acknowledged, state not yet written
             rows: dict[tuple[int, int], dict[bytes, bytes]] = {}
-            last: dict[tuple[int, int], tuple[bytes, list]] = {}
+            last: dict[tuple[int, int], tuple[int, list]] = {}
             for b in batch:
-                for p, epoch, part_rows, meta, events in b.parts:
+                for p, epoch, part_rows, offset, events in b.parts:
                     rows.setdefault((p, epoch), {}).update(part_rows)
-                    meta_events = last.get((p, epoch), (b"", []))[1] + events
-                    last[(p, epoch)] = (meta, meta_events)
-            futures = []
-            for (p, epoch), part_rows in rows.items():
-                if part_rows:  # merged batches: back in the loadable order (see row_order)
-                    ordered = sorted(part_rows.items(), key=lambda kv: row_order(kv[0].split(b"|", 1)[1].decode()))
-                    futures += await self.put_rows(p, epoch, ordered, last[(p, epoch)][1][-1])
-            await confirm(self.app.producer, futures, "state rows")
-            self.maybe_die("after_rows")  # rows durable; meta not yet written, offsets not acked
-            futures = []
-            for (p, epoch), (meta, events) in last.items():
-                futures += await self.put_rows(p, epoch, [(row_key(p, "meta"), meta)], events[-1])
-            await confirm(self.app.producer, futures, "meta rows")
-            for (p, epoch), (_meta, events) in last.items():
-                if self.current(p, epoch):
-                    for event in events:
+                    last[(p, epoch)] = (offset, last.get((p, epoch), (0, []))[1] + events)
+            async with self.lock:
+                live = [(p, epoch) for p, epoch in last if self.current(p, epoch)]
+                stored: dict[int, list[tuple[bytes, bytes]]] = {}
+                for p, epoch in live:
+                    offset, durable_offset = last[(p, epoch)][0], self.durable_meta.get(p, -1)
+                    stored[p] = [(key, durable.encode(offset, row, durable.effective(self.table.data.get(key), durable_offset)))
+                                 for key, row in rows.get((p, epoch), {}).items()]
+                futures = []
+                for p, epoch in live:
+                    half = len(stored[p]) // 2
+                    futures += await self.send_rows(p, stored[p][:half])
+                    if half and self.fault == "mid_rows":  # testing: half the rows durable, the rest never sent
+                        await confirm(self.app.producer, futures, "state rows")
+                        self.maybe_die("mid_rows")
+                    futures += await self.send_rows(p, stored[p][half:])
+                await confirm(self.app.producer, futures, "state rows")
+                for p, epoch in live:
+                    self.store_rows(stored[p], last[(p, epoch)][1][-1])
+                self.maybe_die("after_rows")  # rows durable; meta not yet written, offsets not acked
+                metas = {p: [(row_key(p, "meta"), orjson.dumps({"log_offset": last[(p, epoch)][0]}))] for p, epoch in live}
+                futures = []
+                for p in metas:
+                    futures += await self.send_rows(p, metas[p])
+                await confirm(self.app.producer, futures, "meta rows")
+                for p, epoch in live:
+                    self.store_rows(metas[p], last[(p, epoch)][1][-1])
+                    self.durable_meta[p] = last[(p, epoch)][0]
+                    for event in last[(p, epoch)][1]:
                         event.ack()
             self.persisted += len(batch)
             self.unpersisted -= len(batch)
             self.stats.boundaries += len(batch)
             self.stats.persist_s += time.perf_counter() - t0
 
+    async def settle_persister(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until every batch handed to the persister is durable."""
+        deadline = time.monotonic() + timeout_s
+        while self.unpersisted and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
     async def drain(self, timeout_s: float) -> None:
         """Stop applying, then wait until every batch applied is durable (or the timeout).
         A batch in progress is handed over at the agent's next record, or is already
         complete: the agent ends a batch whenever its input queue is empty."""
         self.stopping = True
-        deadline = time.monotonic() + timeout_s
-        while self.unpersisted and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await self.settle_persister(timeout_s)
+
+    async def commit_resume_offsets(self) -> None:
+        """Commit ``meta + 1`` for every assigned log partition (see ``on_rebalance_complete``)."""
+        consumer = self.app.consumer
+        offsets = {}
+        for tp in consumer.assignment():
+            if tp.topic == self.log_name:
+                meta = self.table.data.get(row_key(tp.partition, "meta"))
+                offsets[tp] = (orjson.loads(meta)["log_offset"] if meta is not None else -1) + 1
+        if offsets:
+            await consumer._commit(offsets)  # noqa: SLF001 - faust's one call that commits given offsets
+            log.info("log resume offsets committed: %s", {tp.partition: o for tp, o in sorted(offsets.items())})
 
     async def watchdog(self) -> None:
-        """A partition whose log has records past the next offset to apply but delivered
-        nothing for a while is sought back there (recovers a fetch position lost by the
-        consumer, e.g. after records were dropped around a seek)."""
+        """Every second: a seek back that has not yet brought its record for a second is
+        repeated (records fetched before a seek can move faust's read position past it
+        again); a partition whose log has records past the next offset to apply but that
+        delivered none for ``stall_timeout_s`` is sought back there."""
         consumer = self.app.consumer
         stall_s = self.settings.stall_timeout_s
+        now = time.monotonic()
         for p, part in list(self.parts.items()):
             tp = consumer._new_topicpartition(self.log_name, p)
             if tp not in consumer.assignment():
+                continue
+            if part.rewind_to is not None:
+                if now - part.rewound_at > 1.0:
+                    part.rewound_at = 0.0
+                    await self.rewind(p, part)
                 continue
             try:
                 end = consumer.highwater(tp)
             except Exception:
                 continue
-            if end is not None and end > part.next_offset and time.monotonic() - part.last_event_at > stall_s:
+            if end is not None and end > part.next_offset and now - part.last_event_at > stall_s:
                 log.warning("partition %d: no log record for %.0f s with the log at %d and the state at %d",
                             p, stall_s, end, part.next_offset)
-                part.rewind_to = None
-                part.last_event_at = time.monotonic()
+                part.last_event_at = now
                 await self.rewind(p, part)
 
 
@@ -529,8 +603,25 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:  # noqa: ARG001
-        engine.forget(revoked)
-        await app.producer.flush()  # rows already handed over land before the new owner reads
+        # let the batches already applied become durable (briefly: the group waits), so
+        # that a partition kept or taken over is not applied and published again from further back
+        await engine.settle_persister(timeout_s=min(5.0, settings.session_timeout_s / 3))
+        async with engine.lock:  # not in the middle of writing rows: a round is all or nothing
+            engine.forget(revoked)
+            await app.producer.flush()  # what was handed over lands before the new owner reads
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalance_complete(sender, **kwargs) -> None:  # noqa: ARG001
+        """Before faust seeks the stream to the committed offsets: commit, for each log
+        partition assigned, the offset right after its durable ``meta`` -- where the engine
+        resumes -- so that the stream starts exactly there (faust's own commits may have
+        run past it, or lag behind it)."""
+        try:
+            await engine.commit_resume_offsets()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            die("rebalance")
 
     @app.agent(log_topic, name="apply_log")
     async def apply_log(stream):
@@ -559,7 +650,7 @@ def create_app(settings: Settings) -> faust.App:
         except BaseException:
             die("router")
 
-    @app.timer(interval=max(1.0, settings.stall_timeout_s / 2))
+    @app.timer(interval=1.0)
     async def watchdog() -> None:
         try:
             await engine.watchdog()

@@ -72,7 +72,7 @@ class Settings:
     ssl_keyfile: str = setting("KAFKA_SSL_KEYFILE", "", "Client key for mutual TLS.")
     log_level: str = setting("KPIMARGIN_LOG_LEVEL", "warning", "Worker log level.")
     fault_injection: str = setting(
-        "KPIMARGIN_FAULT_INJECTION", "", "Testing only: after_outputs:N, after_rows:N or in_recovery makes the worker SIGKILL itself there."
+        "KPIMARGIN_FAULT_INJECTION", "", "Testing only: after_outputs:N, mid_rows:N, after_rows:N or in_recovery makes the worker SIGKILL itself there (N: after N batches)."
     )
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import orjson
 
+from stream import durable
 from stream.cli_stream import start_worker_process, stop_process
 from stream.demo import publish_phases, wait_until
 from stream.engine import EngineState
@@ -252,18 +253,27 @@ class Cluster:
         return outputs
 
     def table_rows(self) -> dict[int, dict[str, dict]]:
-        """The workers' persisted state: the latest value of every changelog key."""
+        """The workers' persisted state: per log partition, every row as of its durable
+        ``meta`` offset (the latest changelog record of each key, read as the worker does,
+        :mod:`stream.durable`)."""
         name = f"{self.settings.app_id}-state-changelog"
-        rows: dict[int, dict[str, dict]] = defaultdict(dict)
+        latest: dict[int, dict[str, bytes]] = defaultdict(dict)
 
         async def run():
             settings = replace(self.settings, topic_prefix="")
             async for _p, _o, _t, key, value in read_topic(settings, name, idle_timeout_s=1.0):
                 partition, _, row_key = key.decode().partition("|")
-                if value is not None and row_key != "meta":
-                    rows[int(partition)][row_key] = orjson.loads(value)
+                if value is not None:
+                    latest[int(partition)][row_key] = value
 
         asyncio.run(run())
+        rows: dict[int, dict[str, dict]] = defaultdict(dict)
+        for partition, stored in latest.items():
+            meta = orjson.loads(stored.pop("meta"))["log_offset"] if "meta" in stored else -1
+            for row_key, value in stored.items():
+                row = durable.effective(value, meta)
+                if row is not None:
+                    rows[partition][row_key] = orjson.loads(row)
         return rows
 
 

@@ -3,12 +3,13 @@
 ``KPIMARGIN_CRASH_EVENTS`` events (10,000 by default, so that CI stays within minutes;
 ``KPIMARGIN_CRASH_EVENTS=100000`` is the full-size run) over 400 accounts and three
 contracts, published in ``KPIMARGIN_CRASH_KILLS`` chunks (default 20), one per round. Each
-round starts worker(s), publishes its chunk and crashes them one of four ways, rotating:
+round starts worker(s), publishes its chunk and crashes them one of five ways, rotating:
 
 * ``random``: two workers at once (partitions are split and handed over when one dies),
   each SIGKILLed at a random moment -- joining, recovering, processing or idle;
 * ``after_outputs``: the worker kills itself right after a batch's outputs are
   acknowledged and before its state is written (between output send and offset commit);
+* ``mid_rows``: halfway through sending a batch's state rows: some land, some do not;
 * ``after_rows``: right after the batch's state rows are durable, before its meta row and
   its offsets;
 * ``in_recovery``: while loading a partition's state (changelog recovery).
@@ -104,7 +105,7 @@ def chunked(phases: list[dict], chunks: int) -> list[list[tuple[str, list[dict]]
     return pieces
 
 
-KINDS = ("random", "after_outputs", "after_rows", "in_recovery")
+KINDS = ("random", "after_outputs", "mid_rows", "after_rows", "in_recovery")
 
 
 def storm(cluster: Cluster, pieces: list, kills: int, rnd: random.Random) -> dict[str, int]:
