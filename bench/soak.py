@@ -1,13 +1,16 @@
 """Soak: sustained load on one worker, watching memory and consumer lag (not a CI test).
 
-    python -m bench.soak [--rate 350] [--minutes 10] [--accounts 2000]
+    python -m bench.soak [--rate 3500] [--minutes 10] [--accounts 2000]
 
 Starts the embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``) and one worker, lists two
 contracts, then publishes fills at a fixed rate for the given time, with a clock tick every
 10 s that advances event time by one day (fills carry the current day), so the 7-day dedup
-horizon is crossed after about 70 s and memory should stop growing. Every 10 s it samples the worker's resident memory (``/proc/PID/status``) and the
-consumer lag on the ordered log (log entries written minus offsets the worker committed).
-Prints one line per sample and a final JSON summary.
+horizon is crossed after about 70 s and memory should stop growing. Every 10 s it samples
+the worker's resident memory (``/proc/PID/status``) and two lags: the router's (input
+messages published minus those its group committed, i.e. forwarded to the log and
+acknowledged) and the engine's (``margin.log`` records written minus those the worker
+committed, i.e. applied and made durable). Prints one line per sample and a final JSON
+summary.
 """
 
 from __future__ import annotations
@@ -45,22 +48,35 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def committed_total(settings: Settings) -> int:
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.app_id, enable_auto_commit=False)
+async def lags(settings: Settings, published: int) -> tuple[int, int]:
+    """(router lag in input messages, engine lag in log records)."""
+    from stream.topics import INPUT_TOPICS
+
+    async def committed(group: str, topics: list[str]) -> int:
+        consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            return sum([await consumer.committed(TopicPartition(settings.topic(t), p)) or 0
+                        for t in topics for p in range(settings.partitions)])
+        finally:
+            await consumer.stop()
+
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        total = 0
-        for p in range(settings.partitions):
-            total += await consumer.committed(TopicPartition(settings.topic(LOG), p)) or 0
-        return total
+        tps = [TopicPartition(settings.topic(LOG), p) for p in range(settings.partitions)]
+        log_end = sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
+    routed = await committed(f"{settings.app_id}-router", list(INPUT_TOPICS))
+    applied = await committed(settings.app_id, [LOG])
+    return published - routed, log_end - applied
 
 
 async def soak(settings: Settings, rate: float, minutes: float, accounts: int, worker_pid: int) -> dict:
     phases = load_scenario()[:2]  # the two listings and the first tick
     await publish_phases(settings, phases)
-    log_written = len(phases[0]["messages"]) * settings.partitions + settings.partitions
+    published = sum(len(ph["messages"]) for ph in phases)
     producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5)
     await producer.start()
     rnd = random.Random(3)
@@ -81,33 +97,37 @@ async def soak(settings: Settings, rate: float, minutes: float, accounts: int, w
                         "ts": _day(day)}
                 await producer.send(settings.topic(FILLS), orjson.dumps(fill), key=key_for(FILLS, fill))
                 sent += 1
-                log_written += 1
+                published += 1
             if now >= next_tick:
                 day += 1
                 tick = {"ts": _day(day)}
                 await producer.send(settings.topic(TICKS), orjson.dumps(tick), key=key_for(TICKS, tick))
-                log_written += settings.partitions
+                published += 1
                 next_tick += 10
             if now >= next_sample:
-                lag = log_written - await committed_total(settings)
-                sample = {"t_s": round(now - start), "sent": sent, "lag": lag, "rss_mb": round(rss_mb(worker_pid), 1)}
+                router_lag, engine_lag = await lags(settings, published)
+                sample = {"t_s": round(now - start), "sent": sent, "router_lag_msgs": router_lag,
+                          "engine_lag_records": engine_lag, "rss_mb": round(rss_mb(worker_pid), 1)}
                 samples.append(sample)
                 print(orjson.dumps(sample).decode(), flush=True)
                 next_sample += 10
             await asyncio.sleep(0.01)
     finally:
         await producer.stop()
-    lags = [s["lag"] for s in samples[1:]]
+    router = [s["router_lag_msgs"] for s in samples[1:]]
+    engine = [s["engine_lag_records"] for s in samples[1:]]
     return {
         "rate_per_s": rate, "minutes": minutes, "fills_sent": sent, "accounts": accounts,
         "rss_mb_start": samples[1]["rss_mb"] if len(samples) > 1 else None, "rss_mb_end": samples[-1]["rss_mb"],
-        "lag_max": max(lags) if lags else None, "lag_end": samples[-1]["lag"], "samples": len(samples),
+        "router_lag_max": max(router) if router else None, "engine_lag_max": max(engine) if engine else None,
+        "router_lag_end": samples[-1]["router_lag_msgs"], "engine_lag_end": samples[-1]["engine_lag_records"],
+        "samples": len(samples),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=350.0, help="fills per second")
+    parser.add_argument("--rate", type=float, default=3500.0, help="fills per second (about half of processor_eps)")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--accounts", type=int, default=2000)
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ import itertools
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -131,7 +131,9 @@ class Account:
     equity: Decimal = ZERO
     positions: dict[str, Position] = field(default_factory=dict)  # open positions
     # "t:<trade_id>"/"m:<movement_id>" -> [fingerprint, ts_us]: the ids applied within the
-    # dedup horizon (older ones are pruned, see :func:`_remember`)
+    # dedup horizon (older ones are pruned, see :func:`_remember`). Persisted one row per id
+    # (see :func:`seen_key`), not in the account's row: a fill then writes O(1) bytes, not
+    # every id the account applied within the horizon.
     seen: dict[str, list] = field(default_factory=dict)
     src: dict[str, int] = field(default_factory=dict)
     published_im_cents: int | None = None
@@ -151,7 +153,6 @@ class Account:
             "account_id": self.account_id,
             "equity": str(self.equity),
             "positions": {cid: p.as_dict() for cid, p in self.positions.items()},
-            "seen": {k: list(v) for k, v in self.seen.items()},
             "src": dict(self.src),
             "published_im_cents": self.published_im_cents,
             "published_equity": None if self.published_equity is None else str(self.published_equity),
@@ -172,25 +173,33 @@ class EngineState:
     touched: set[str] = field(default_factory=set)
 
     # ---- persistence: rows for a key-value table, and back
-    def rows(self) -> Iterable[tuple[str, dict]]:
+    def rows(self) -> Iterable[tuple[str, Any]]:
         yield "clock", {"now_us": self.now_us, "src": dict(self.clock_src)}
         for cid, contract in self.contracts.items():
             yield f"contract:{cid}", contract.as_row()
         for aid, account in self.accounts.items():
             yield f"account:{aid}", account.as_row()
+            for key, entry in account.seen.items():
+                yield seen_key(aid, key), list(entry)
 
-    def row(self, key: str) -> dict:
-        """One row by its key ("clock", "contract:<id>", "account:<id>")."""
+    def row(self, key: str) -> Any:
+        """One row by its key ("clock", "contract:<id>", "account:<id>", "seen:..."); None
+        for an id the dedup horizon has forgotten (a deleted row)."""
         if key == "clock":
             return {"now_us": self.now_us, "src": dict(self.clock_src)}
         kind, _, ident = key.partition(":")
+        if kind == "seen":
+            account_id, id_key = split_seen_key(key)
+            account = self.accounts.get(account_id)
+            entry = account.seen.get(id_key) if account is not None else None
+            return None if entry is None else list(entry)
         return (self.contracts if kind == "contract" else self.accounts)[ident].as_row()
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, dict]], config: EngineConfig | None = None) -> "EngineState":
         """Rebuild a state (contracts, books, cached IMs) from its persisted rows."""
         state = cls(config=config or EngineConfig())
-        contract_rows, account_rows = [], []
+        contract_rows, account_rows, seen_rows = [], [], []
         for key, row in rows:
             if key == "clock":
                 state.now_us = row["now_us"]
@@ -199,6 +208,8 @@ class EngineState:
                 contract_rows.append(row)
             elif key.startswith("account:"):
                 account_rows.append(row)
+            elif key.startswith("seen:") and row is not None:
+                seen_rows.append((split_seen_key(key), row))
         for row in sorted(contract_rows, key=lambda r: r["listing"]["contract_id"]):
             contract = _new_contract(state, parse_listing(row["listing"]), row["listing"], row["seq"])
             if row["flash"] is not None:
@@ -211,7 +222,6 @@ class EngineState:
         for row in account_rows:
             account = _get_account(state, row["account_id"])
             account.equity = Decimal(row["equity"])
-            account.seen = {k: list(v) for k, v in row["seen"].items()}
             account.src = dict(row["src"])
             account.published_im_cents = row["published_im_cents"]
             pe = row["published_equity"]
@@ -223,17 +233,32 @@ class EngineState:
                 account.ordered = None
                 contract = state.contracts[cid]
                 contract.book.set(contract.book.row_for(account.account_id, account.index), position)
+        for (account_id, id_key), entry in sorted(seen_rows):
+            _get_account(state, account_id).seen[id_key] = list(entry)
         for contract in state.contracts.values():
             _refresh_book(state, contract)
         return state
 
 
+def seen_key(account_id: str, id_key: str) -> str:
+    """The row key of one remembered id: ``seen:<len>:<account_id><id_key>`` (the length
+    prefix keeps any account id unambiguous)."""
+    return f"seen:{len(account_id)}:{account_id}{id_key}"
+
+
+def split_seen_key(key: str) -> tuple[str, str]:
+    """``(account_id, id_key)`` of a :func:`seen_key`."""
+    length, _, rest = key[len("seen:"):].partition(":")
+    n = int(length)
+    return rest[:n], rest[n:]
+
+
 def row_order(key: str) -> tuple[int, str]:
-    """The order a persistent shell writes rows in: the clock, contracts, then accounts,
-    whose positions name contracts. A crash can persist any prefix of a batch's rows; in
-    this order every prefix loads with :meth:`EngineState.from_rows` (an account row never
-    arrives before its contracts' rows)."""
-    return ({"clock": 0, "contract": 1}.get(key.partition(":")[0], 2), key)
+    """The order a persistent shell writes rows in: the clock, contracts, remembered ids,
+    then accounts, whose positions name contracts: in this order every prefix of a batch's
+    rows loads with :meth:`EngineState.from_rows` (the worker goes further and rolls a
+    partly written batch back altogether, see :mod:`stream.durable`)."""
+    return ({"clock": 0, "contract": 1, "seen": 2}.get(key.partition(":")[0], 3), key)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -574,9 +599,16 @@ def _remember(state: EngineState, account: Account, key: str, fp: str, ts_us: in
     (once per clock value: the scan is amortised over the account's events of a tick)."""
     cutoff = _horizon_cutoff_us(state)
     if cutoff is not None and account.pruned_at_us != state.now_us:
-        account.seen = {k: v for k, v in account.seen.items() if v[1] >= cutoff}
+        kept = {}
+        for k, v in account.seen.items():
+            if v[1] >= cutoff:
+                kept[k] = v
+            else:
+                state.touched.add(seen_key(account.account_id, k))  # a deleted row
+        account.seen = kept
         account.pruned_at_us = state.now_us
     account.seen[key] = [fp, ts_us]
+    state.touched.add(seen_key(account.account_id, key))
 
 
 def _account_src(state: EngineState, account_id: str) -> dict[str, int]:

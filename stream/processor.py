@@ -18,8 +18,9 @@ aiokafka), and a stateless forwarder needs none of it (bench/RESULTS.md).
 partition, applies each record with :func:`stream.ordered_log.apply_record` -- the same
 core the what-if and audit tools call -- and publishes the requirement, call and
 dead-letter records it returns. Its state lives in a faust table (``state``) whose
-changelog is co-partitioned with the log: one row per contract, the clock and each account,
-plus a ``meta`` row naming the last log offset whose effects are all durable.
+changelog is co-partitioned with the log: one row per contract, the clock, each account and
+each id it remembers for deduplication, plus a ``meta`` row naming the last log offset
+whose effects are all durable.
 
 Delivery guarantee (at-least-once, idempotent). The agent applies records in memory and
 publishes their outputs without waiting; at a batch boundary (the input queue is empty, or
@@ -81,6 +82,16 @@ def die(what: str) -> None:
     os._exit(EXIT_FAILED)
 
 
+async def guarded(what: str, run, *args) -> None:
+    """Await ``run(*args)``; anything but a cancellation (shutdown) stops the process (:func:`die`)."""
+    try:
+        await run(*args)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        die(what)
+
+
 def _credentials(settings: Settings) -> Any:
     protocol = settings.security_protocol
     if protocol.startswith("SASL"):
@@ -126,6 +137,7 @@ def faust_config(settings: Settings) -> dict:
         web_router_enabled=False,
         web_metrics_enabled=False,
         stream_wait_empty=False,
+        stream_buffer_maxsize=settings.stream_buffer_records,  # faust's default, 4,096, holds GBs of batched records
         topic_allow_declare=True,
     )
 
@@ -371,7 +383,7 @@ class Engine:
         rows = {}
         for key, value in stored.items():
             row = durable.effective(value, meta)
-            if row is not None:
+            if row is not None and row != b"null":  # null: a deleted row (an id the dedup horizon forgot)
                 rows[key] = orjson.loads(row)
         return meta, rows
 
@@ -533,10 +545,27 @@ class Engine:
                     self.durable_meta[p] = last[(p, epoch)][0]
                     for event in last[(p, epoch)][1]:
                         event.ack()
+                await self.drop_deleted(live, rows, last)
             self.persisted += len(batch)
             self.unpersisted -= len(batch)
             self.stats.boundaries += len(batch)
             self.stats.persist_s += time.perf_counter() - t0
+
+    async def drop_deleted(self, live: list, rows: dict, last: dict) -> None:
+        """Rows the round deleted (``null``: ids the dedup horizon forgot) are durable as
+        deleted once its meta is: replace them by real tombstones, so that compaction
+        removes the keys and the store forgets them. A tombstone that never lands leaves
+        the ``null`` row, which reads as absent all the same."""
+        for p, epoch in live:
+            deleted = [key for key, row in rows.get((p, epoch), {}).items() if row == b"null"]
+            if not deleted:
+                continue
+            send = self.app.producer.send
+            futures = [await send(self.changelog, key, None, p, None, None) for key in deleted]
+            await confirm(self.app.producer, futures, "tombstones")
+            with writing_for(last[(p, epoch)][1][-1]):
+                for key in deleted:
+                    self.table.data.pop(key, None)
 
     async def settle_persister(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) until every batch handed to the persister is durable."""
@@ -616,48 +645,23 @@ def create_app(settings: Settings) -> faust.App:
         partition assigned, the offset right after its durable ``meta`` -- where the engine
         resumes -- so that the stream starts exactly there (faust's own commits may have
         run past it, or lag behind it)."""
-        try:
-            await engine.commit_resume_offsets()
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            die("rebalance")
+        await guarded("rebalance", engine.commit_resume_offsets)
 
     @app.agent(log_topic, name="apply_log")
     async def apply_log(stream):
-        try:
-            await engine.run(stream.noack())
-        except asyncio.CancelledError:
-            raise  # shutdown
-        except BaseException:
-            die("apply_log")
+        await guarded("apply_log", engine.run, stream.noack())
 
     @app.task
     async def persister() -> None:
-        try:
-            await engine.persist()
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            die("persister")
+        await guarded("persister", engine.persist)
 
     @app.task
     async def route() -> None:
-        try:
-            await router.run()
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            die("router")
+        await guarded("router", router.run)
 
     @app.timer(interval=1.0)
     async def watchdog() -> None:
-        try:
-            await engine.watchdog()
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            die("watchdog")
+        await guarded("watchdog", engine.watchdog)
 
     @app.timer(interval=10.0)
     async def report_stats() -> None:
@@ -679,13 +683,21 @@ def run_worker(settings: Settings) -> None:
 
     @app.task
     async def install_signals() -> None:
-        """SIGUSR1 prints every asyncio task's stack to stderr (diagnosing a stuck worker);
+        """SIGUSR1 prints every asyncio task's stack to stderr (diagnosing a stuck worker),
+        and with PYTHONTRACEMALLOC set the largest allocations first;
         SIGTERM and SIGINT stop the worker (see ``stop``)."""
         import sys
 
         loop = asyncio.get_running_loop()
 
         def dump() -> None:
+            import tracemalloc
+
+            if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=N: where the memory is
+                for stat in tracemalloc.take_snapshot().statistics("traceback")[:12]:
+                    print(f"--- {stat.size / 1e6:.1f} MB in {stat.count} blocks", file=sys.stderr)
+                    for line in stat.traceback.format()[-6:]:
+                        print(f"    {line}", file=sys.stderr)
             for task in asyncio.all_tasks():
                 print(f"--- task {task.get_name()}", file=sys.stderr)
                 coro = task.get_coro()

@@ -46,6 +46,9 @@ class Settings:
         "KPIMARGIN_LOG_RECORD_MAX_BYTES", 524_288, "Largest margin.log record the router writes (entries beyond it start a new record)."
     )
     batch_max: int = setting("KPIMARGIN_BATCH_MAX", 2000, "Most log entries applied before a batch is handed to the persister (a batch also ends whenever the log is drained).")
+    stream_buffer_records: int = setting(
+        "KPIMARGIN_STREAM_BUFFER_RECORDS", 32, "Most margin.log records faust buffers ahead of the engine (each holds up to a router batch of entries)."
+    )
     persist_queue_max: int = setting(
         "KPIMARGIN_PERSIST_QUEUE_MAX", 8, "Most batches waiting to be made durable before the engine waits for the persister (back-pressure)."
     )
@@ -91,7 +94,7 @@ class Settings:
     def validate(self) -> None:
         if self.partitions < 1:
             raise ValueError("KPIMARGIN_PARTITIONS must be at least 1")
-        for name in ("batch_max", "router_batch_max", "persist_queue_max", "max_message_bytes"):
+        for name in ("batch_max", "router_batch_max", "persist_queue_max", "max_message_bytes", "stream_buffer_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_env(name)} must be at least 1")
         if self.log_record_max_bytes < 2 * self.max_message_bytes:

@@ -265,6 +265,8 @@ class Cluster:
                 partition, _, row_key = key.decode().partition("|")
                 if value is not None:
                     latest[int(partition)][row_key] = value
+                else:  # a tombstone: the row is gone
+                    latest[int(partition)].pop(row_key, None)
 
         asyncio.run(run())
         rows: dict[int, dict[str, dict]] = defaultdict(dict)
@@ -272,7 +274,7 @@ class Cluster:
             meta = orjson.loads(stored.pop("meta"))["log_offset"] if "meta" in stored else -1
             for row_key, value in stored.items():
                 row = durable.effective(value, meta)
-                if row is not None:
+                if row is not None and row != b"null":  # null: an id the dedup horizon forgot
                     rows[partition][row_key] = orjson.loads(row)
         return rows
 

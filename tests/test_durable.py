@@ -14,7 +14,7 @@ from stream.engine import EngineState, row_order
 from stream.ordered_log import apply_record, encode_entry, encode_record
 from stream.topics import COLLATERAL, FILLS, LISTINGS, SETTLEMENTS, TICKS
 
-from .conftest import TSLA
+from .conftest import TSLA, comparable_rows
 
 CID = TSLA["contract_id"]
 
@@ -70,7 +70,7 @@ def _load(store: dict, meta: int) -> EngineState:
 
 
 def _rows(state: EngineState) -> dict:
-    return {k: {f: v for f, v in row.items() if f != "src"} for k, row in state.rows()}
+    return comparable_rows(state.rows())
 
 
 @pytest.mark.parametrize("landed", ["none", "clock and contracts", "accounts", "every other row", "all but meta"])

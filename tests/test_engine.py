@@ -443,3 +443,30 @@ def test_every_prefix_of_a_batch_in_row_order_loads(web):
     for n in range(len(keys) + 1):
         prefix = [(k, driver.state.row(k)) for k in keys[:n]]
         EngineState.from_rows(prefix)  # must not raise
+
+
+def test_a_fill_rewrites_o1_bytes_however_many_ids_the_account_remembers():
+    """Remembered ids are rows of their own: a fill changes its account's row (whose size
+    does not grow with the ids) and one id row; ids the horizon forgets are deleted rows."""
+    from stream.engine import seen_key, split_seen_key
+
+    driver = Driver()
+    driver.list(TSLA)
+    driver.tick("2026-04-10T00:00:00Z")
+    driver.state.touched.clear()
+    sizes = []
+    for i in range(300):
+        driver.fill(f"T{i}", "ACME", CID, "BUY" if i % 2 else "SELL", 450000, 100, ts="2026-04-10T00:00:00Z")
+        touched = driver.state.touched
+        assert touched == {"account:ACME", seen_key("ACME", f"t:T{i}")}, touched
+        sizes.append(len(orjson.dumps(driver.state.row("account:ACME"))))
+        driver.state.touched.clear()
+    # the row does not grow with the 300 ids remembered (same position after an even or an odd number of fills)
+    assert sizes[-1] <= sizes[1] + 20 and sizes[-2] <= sizes[0] + 20
+    assert split_seen_key(seen_key("A|B:1", "t:X")) == ("A|B:1", "t:X")
+    driver.tick("2026-04-30T00:00:00Z")  # 20 days later: every id is past the 7-day horizon
+    driver.fill("LATE", "ACME", CID, "BUY", 450000, 100, ts="2026-04-30T00:00:00Z")
+    deleted = [k for k in driver.state.touched if k.startswith("seen:") and driver.state.row(k) is None]
+    assert len(deleted) == 300 and driver.state.row(seen_key("ACME", "t:LATE")) is not None
+    restored = EngineState.from_rows(driver.state.rows())
+    assert restored.accounts["ACME"].seen == driver.state.accounts["ACME"].seen

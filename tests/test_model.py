@@ -237,6 +237,25 @@ def test_incremental_es_equals_direct_sampling(c, pos, frac):
     assert abs(fast - direct) <= 1e-9 * max(abs(direct), scale)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(contracts, positions, st.one_of(st.none(), st.tuples(st.floats(0.2, 1.8), st.floats(0, 1))))
+def test_incremental_es_equals_direct_sampling_at_the_production_sample_size(c, pos, flash):
+    """M = 12,000 (the note's method), with or without a flash (value as a fraction of the
+    last level, coverage): the O(1) ES equals ES over all M sampled losses to 1e-9 of ES."""
+    listing = {
+        "contract_id": "X", "kpi": "x", "lower": c["lower"], "upper": c["lower"] + c["width"],
+        "listing_time": "2026-01-01T00:00:00Z", "settlement_time": "2026-07-01T00:00:00Z", "history": c["history"],
+        "params": {"nu": c["nu"], "alpha": c["alpha"], "c": c["c"], "lam": c["lam"], "mc_samples": 12_000},
+    }
+    ls, rv = _rv(listing, None if flash is None else (flash[0] * c["history"][-1], flash[1]))
+    q, price_frac = pos
+    a = q * (ls.lower + price_frac * (ls.upper - ls.lower))
+    fast = model.position_risk(q, a, rv, 1.0, 0.0).es
+    direct = model.direct_es(q, a, rv.anchor, rv.loc, rv.t_scale, ls.lower, ls.upper, ls.params)
+    scale = (abs(a) + abs(q) * ls.upper) / (ls.upper - ls.lower)  # only guards ES ~ 0
+    assert abs(fast - direct) <= 1e-9 * abs(direct) + 1e-13 * scale
+
+
 @prop
 @given(contracts, st.lists(positions, min_size=1, max_size=8), st.floats(0, 1))
 def test_im_bounds_and_time_monotonicity(c, fills, tau):

@@ -17,6 +17,7 @@ from stream.demo import is_final, load_scenario, scenario_accounts
 from stream.kafka import log_partition
 from stream.topics import CALLS, DEADLETTER, FLASH, REQUIREMENTS, TICKS
 
+from .conftest import comparable_rows
 from .streaming_support import Cluster, by_account, fresh_settings, kafka_bootstrap, run_phases_and_settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -60,7 +61,7 @@ def _validator(name: str) -> Draft202012Validator:
 
 def _comparable_rows(rows: dict[str, dict]) -> dict[str, dict]:
     """State rows without their per-source offset marks (bookkeeping for re-deliveries)."""
-    return {k: {f: v for f, v in row.items() if f != "src"} for k, row in rows.items()}
+    return comparable_rows(rows.items())
 
 
 # --------------------------------------------------------------------------- scenario
