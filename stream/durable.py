@@ -20,13 +20,17 @@ so that a stored value yields its row without being parsed.
 
 from __future__ import annotations
 
+from typing import Callable, Iterable, TypeVar
+
+K = TypeVar("K")
 _HEAD = b'{"v":'
 
 
 def encode(version: int, row: bytes, prev: bytes | None) -> bytes:
     """A stored row: ``row`` (JSON bytes) written by the batch ending at log offset
     ``version``, and the row's value before it (``prev``, None when it did not exist)."""
-    return b'%s%d,"n":%d,"row":%s,"prev":%s}' % (_HEAD, version, len(row), row, prev if prev is not None else b"null")
+    prev = b"null" if prev is None else prev  # a row that did not exist and a deleted one read alike
+    return b'%s%d,"n":%d,"row":%s,"prev":%s}' % (_HEAD, version, len(row), row, prev)
 
 
 def split(stored: bytes) -> tuple[int, bytes, bytes | None]:
@@ -51,3 +55,33 @@ def effective(stored: bytes | None, durable_offset: int) -> bytes | None:
         return None
     version, row, prev = split(stored)
     return row if version <= durable_offset else prev
+
+
+def stage(rows: Iterable[tuple[K, bytes]], stored: Callable[[K], bytes | None], version: int,
+          durable_offset: int) -> list[tuple[K, bytes]]:
+    """What a batch ending at log offset ``version`` writes: each changed row (JSON bytes,
+    ``null`` for a deleted one) with its value as of the durable offset as ``prev``."""
+    return [(key, encode(version, row, effective(stored(key), durable_offset))) for key, row in rows]
+
+
+def load(stored: Iterable[tuple[K, bytes]], durable_offset: int) -> tuple[dict[K, bytes], list[K]]:
+    """The rows as of the durable offset -- ``{key: row JSON}``, deleted ones left out --
+    and the keys to write again at the next batch: those newer than the offset (rolled
+    back: their stored value is not their value) and those stored as deleted (to be
+    replaced by tombstones, should a crash have come between the two)."""
+    live: dict[K, bytes] = {}
+    rewrite: list[K] = []
+    for key, value in stored:
+        version, row, prev = split(value)
+        current = row if version <= durable_offset else prev
+        if version > durable_offset or current == b"null":
+            rewrite.append(key)
+        if current is not None and current != b"null":
+            live[key] = current
+    return live, rewrite
+
+
+def deleted(rows: Iterable[tuple[K, bytes]]) -> list[K]:
+    """The keys of rows a batch deleted: once its meta is durable, real tombstones may
+    replace them (a tombstone that never lands leaves a deleted row, which reads the same)."""
+    return [key for key, row in rows if row == b"null"]

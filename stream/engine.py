@@ -9,8 +9,10 @@ Idempotency has two layers:
 
 * every state row (each contract, the clock, each account) remembers, per source
   topic-partition, the highest source offset it has applied; an event whose ``cause.offset``
-  is not above it is skipped for that row. Re-deliveries after a crash are therefore no-ops,
-  row by row, whatever subset of rows had been persisted.
+  is not above it is skipped for that row, so an input forwarded to the log twice (a router
+  restarted before committing) changes nothing the second time. A state loaded for
+  re-application must be the state after some log entry: a shell that persists rows must
+  load all of a batch's rows or none (the worker does, :mod:`stream.durable`).
 * fills and movements are also deduplicated by their business id: the same id with the
   same content is ignored; with different content it is a ``duplicate_conflict``.
 
@@ -184,7 +186,7 @@ class EngineState:
 
     def row(self, key: str) -> Any:
         """One row by its key ("clock", "contract:<id>", "account:<id>", "seen:..."); None
-        for an id the dedup horizon has forgotten (a deleted row)."""
+        for a row that does not exist (e.g. an id the dedup horizon has forgotten)."""
         if key == "clock":
             return {"now_us": self.now_us, "src": dict(self.clock_src)}
         kind, _, ident = key.partition(":")
@@ -193,7 +195,8 @@ class EngineState:
             account = self.accounts.get(account_id)
             entry = account.seen.get(id_key) if account is not None else None
             return None if entry is None else list(entry)
-        return (self.contracts if kind == "contract" else self.accounts)[ident].as_row()
+        entity = (self.contracts if kind == "contract" else self.accounts).get(ident)
+        return None if entity is None else entity.as_row()
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, dict]], config: EngineConfig | None = None) -> "EngineState":
@@ -554,12 +557,18 @@ def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Caus
     return outputs
 
 
-def _check_duplicate(account: Account | None, key: str, fp: str, id_field: str) -> bool:
-    """True if this id was applied before with the same content; conflict if different."""
+def _check_duplicate(state: EngineState, account: Account | None, key: str, fp: str, id_field: str) -> bool:
+    """True if this id was applied before with the same content; conflict if different.
+    An id older than the dedup horizon counts as forgotten whether or not it was pruned yet,
+    so the answer depends only on the clock (not on when the account was last pruned, nor
+    on a store that still holds an id its changelog deleted)."""
     if account is None:
         return False
     entry = account.seen.get(key)
     if entry is None:
+        return False
+    cutoff = _horizon_cutoff_us(state)
+    if cutoff is not None and entry[1] < cutoff:
         return False
     if entry[0] != fp:
         raise DuplicateConflict("id already applied with different content", field=id_field)
@@ -625,7 +634,7 @@ def _already_applied(state: EngineState, account_id: str, key: str, fp: str, id_
     if account is not None and _seen(account.src, cause):
         return True
     _check_horizon(state, ts_us)
-    return _check_duplicate(account, key, fp, id_field)
+    return _check_duplicate(state, account, key, fp, id_field)
 
 
 def _account_changed(state: EngineState, account: Account, cause: Cause, event_us: int) -> list[Output]:

@@ -313,7 +313,6 @@ class Partition:
     entries: int = 0
     rewind_to: int | None = None  # a seek back is pending: waiting for this offset
     rewound_at: float = 0.0
-    last_event_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -360,6 +359,7 @@ class Engine:
         self.unpersisted = 0  # boundaries handed to the persister and not yet durable
         self.entries_since = 0  # log entries applied since the last boundary
         self.stopping = False
+        self.last_event_at = time.monotonic()  # the last log record delivered that was not beyond a gap
         self.lock = asyncio.Lock()  # held by the persister while it writes rows; a revocation waits for it
         self.durable_meta: dict[int, int] = {}  # per partition: the log offset of the last durable meta row
 
@@ -371,29 +371,27 @@ class Engine:
             os.kill(os.getpid(), signal.SIGKILL)
 
     # ---------------------------------------------------------------- partitions
-    def partition_rows(self, p: int) -> tuple[int, dict[str, dict]]:
-        """The durable ``meta`` log offset of partition ``p`` and its rows as of that offset
-        (:mod:`stream.durable`: a row written by a batch whose meta never landed counts as
-        its previous value)."""
+    def partition_rows(self, p: int) -> tuple[int, dict[str, dict], list[str]]:
+        """Partition ``p`` as of its durable ``meta`` log offset: the offset, the rows
+        (:func:`stream.durable.load`: a row written by a batch whose meta never landed
+        counts as its previous value) and the keys to write again at the next batch."""
         prefix = f"{p}|".encode()
         stored = {k[len(prefix):].decode(): v for k, v in list(self.table.data.items())
                   if k.startswith(prefix) and v is not None}
         meta_raw = stored.pop("meta", None)
         meta = orjson.loads(meta_raw)["log_offset"] if meta_raw is not None else -1
-        rows = {}
-        for key, value in stored.items():
-            row = durable.effective(value, meta)
-            if row is not None and row != b"null":  # null: a deleted row (an id the dedup horizon forgot)
-                rows[key] = orjson.loads(row)
-        return meta, rows
+        live, rewrite = durable.load(stored.items(), meta)
+        return meta, {key: orjson.loads(row) for key, row in live.items()}, rewrite
 
     def load(self, p: int) -> Partition:
         """The engine state of log partition ``p`` from the table (recovered from its
         changelog by faust), exactly as of its ``meta`` log offset, and the offset to
-        resume at: right after it."""
+        resume at: right after it. Rows stored newer than ``meta`` (rolled back) or as
+        deleted are written again by the first batch, so the store converges."""
         self.maybe_die("in_recovery")
-        meta, rows = self.partition_rows(p)
+        meta, rows, rewrite = self.partition_rows(p)
         state = EngineState.from_rows(rows.items(), self.config)
+        state.touched.update(rewrite)
         self.durable_meta[p] = meta
         part = Partition(state, self.epochs.get(p, 0), meta + 1)
         log.info("partition %d: state loaded (%d accounts, %d contracts), resuming at log offset %d",
@@ -415,7 +413,10 @@ class Engine:
             return
         log.warning("partition %d: seeking the log back to offset %d", p, part.next_offset)
         part.rewind_to, part.rewound_at = part.next_offset, now
-        await self.app.consumer.seek(self.app.consumer._new_topicpartition(self.log_name, p), part.next_offset)
+        # seek_wait runs in faust's consumer thread (``Consumer.seek`` calls aiokafka from this
+        # one, racing its fetcher: seen to crash faust's Fetcher) and resets faust's read offset
+        tp = self.app.consumer._new_topicpartition(self.log_name, p)
+        await self.app.consumer.seek_wait({tp: part.next_offset})
 
     # ---------------------------------------------------------------- the agent
     async def run(self, stream) -> None:
@@ -432,7 +433,7 @@ class Engine:
             if offset > part.next_offset:  # a gap: seek back; this record comes again
                 await self.rewind(p, part)
             else:
-                part.last_event_at = time.monotonic()
+                self.last_event_at = time.monotonic()
                 part.rewind_to = None
                 if offset == part.next_offset:
                     await self.apply(p, part, offset, event.value)
@@ -520,9 +521,8 @@ class Engine:
                 live = [(p, epoch) for p, epoch in last if self.current(p, epoch)]
                 stored: dict[int, list[tuple[bytes, bytes]]] = {}
                 for p, epoch in live:
-                    offset, durable_offset = last[(p, epoch)][0], self.durable_meta.get(p, -1)
-                    stored[p] = [(key, durable.encode(offset, row, durable.effective(self.table.data.get(key), durable_offset)))
-                                 for key, row in rows.get((p, epoch), {}).items()]
+                    stored[p] = durable.stage(rows.get((p, epoch), {}).items(), self.table.data.get,
+                                              last[(p, epoch)][0], self.durable_meta.get(p, -1))
                 futures = []
                 for p, epoch in live:
                     half = len(stored[p]) // 2
@@ -557,7 +557,7 @@ class Engine:
         removes the keys and the store forgets them. A tombstone that never lands leaves
         the ``null`` row, which reads as absent all the same."""
         for p, epoch in live:
-            deleted = [key for key, row in rows.get((p, epoch), {}).items() if row == b"null"]
+            deleted = durable.deleted(rows.get((p, epoch), {}).items())
             if not deleted:
                 continue
             send = self.app.producer.send
@@ -582,6 +582,8 @@ class Engine:
 
     async def commit_resume_offsets(self) -> None:
         """Commit ``meta + 1`` for every assigned log partition (see ``on_rebalance_complete``)."""
+        if self.fault == "skip_resume_commit":  # testing: leave the group's offsets as they are
+            return
         consumer = self.app.consumer
         offsets = {}
         for tp in consumer.assignment():
@@ -595,8 +597,9 @@ class Engine:
     async def watchdog(self) -> None:
         """Every second: a seek back that has not yet brought its record for a second is
         repeated (records fetched before a seek can move faust's read position past it
-        again); a partition whose log has records past the next offset to apply but that
-        delivered none for ``stall_timeout_s`` is sought back there."""
+        again); when no partition delivered anything for ``stall_timeout_s`` while one has
+        records past its next offset to apply, that partition is sought back there (a lost
+        fetch position; a busy worker starving one partition for a while is not one)."""
         consumer = self.app.consumer
         stall_s = self.settings.stall_timeout_s
         now = time.monotonic()
@@ -613,10 +616,10 @@ class Engine:
                 end = consumer.highwater(tp)
             except Exception:
                 continue
-            if end is not None and end > part.next_offset and now - part.last_event_at > stall_s:
+            if end is not None and end > part.next_offset and now - self.last_event_at > stall_s:
                 log.warning("partition %d: no log record for %.0f s with the log at %d and the state at %d",
                             p, stall_s, end, part.next_offset)
-                part.last_event_at = now
+                self.last_event_at = now
                 await self.rewind(p, part)
 
 

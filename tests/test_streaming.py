@@ -3,6 +3,7 @@ subprocesses, and what they publish, read back from the topics."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
@@ -15,7 +16,7 @@ from jsonschema import Draft202012Validator
 
 from stream.demo import is_final, load_scenario, scenario_accounts
 from stream.kafka import log_partition
-from stream.topics import CALLS, DEADLETTER, FLASH, REQUIREMENTS, TICKS
+from stream.topics import CALLS, DEADLETTER, FLASH, LOG, REQUIREMENTS, TICKS
 
 from .conftest import comparable_rows
 from .streaming_support import Cluster, by_account, fresh_settings, kafka_bootstrap, run_phases_and_settle
@@ -272,3 +273,37 @@ def test_rocksdb_store_survives_a_restart(bootstrap, tmp_path, clean_run):
         cluster.stop()
     assert any((tmp_path / "data-1").rglob("*.sst")) or any((tmp_path / "data-1").rglob("CURRENT"))
     assert outputs == clean_run["outputs"]
+
+
+def test_a_group_offset_ahead_of_the_durable_state_is_sought_back(bootstrap, tmp_path):
+    """The engine resumes at its own durable state, not at the group's committed offset:
+    with the log offsets committed beyond it (and the worker told not to correct them on
+    the rebalance), the first record delivered is past the next one to apply, and the
+    engine seeks the log back -- nothing is skipped."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from stream.kafka import client_kwargs
+
+    settings = fresh_settings(bootstrap, tmp_path, fault_injection="skip_resume_commit")
+    cluster = Cluster(settings, tmp_path)
+
+    async def commit_ahead() -> None:
+        consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.app_id, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(settings.topic(LOG), p) for p in range(settings.partitions)]
+            consumer.assign(tps)
+            await consumer.commit({tp: 2 for tp in tps})
+        finally:
+            await consumer.stop()
+
+    asyncio.run(commit_ahead())
+    cluster.start_worker()
+    try:
+        outputs = run_phases_and_settle(cluster, PHASES)
+        replayed, _ = cluster.replayed()
+        logs = cluster.logs()
+    finally:
+        cluster.stop()
+    assert "seeking the log back to offset 0" in logs
+    assert set(outputs) == set(replayed) and all(outputs[i] == r for i, r in replayed.items())
