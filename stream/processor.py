@@ -362,6 +362,7 @@ class Engine:
         self.last_event_at = time.monotonic()  # the last log record delivered that was not beyond a gap
         self.lock = asyncio.Lock()  # held by the persister while it writes rows; a revocation waits for it
         self.durable_meta: dict[int, int] = {}  # per partition: the log offset of the last durable meta row
+        self.tombstones: dict[int, tuple[int, list]] = {}  # per partition: (epoch, keys) deleted, to tombstone
 
     # ---------------------------------------------------------------- faults
     def maybe_die(self, point: str) -> None:
@@ -502,8 +503,9 @@ class Engine:
         A round: confirm the outputs; then, holding :attr:`lock` (a revocation waits for
         it, so no row of a revoked partition is written after the revocation), write each
         partition's changed rows versioned with the round's last log offset
-        (:mod:`stream.durable`), confirm them, write the ``meta`` rows, confirm them, and
-        ack the round's log records."""
+        (:mod:`stream.durable`) -- with the tombstones of rows the previous round deleted --
+        confirm them, write the ``meta`` rows, confirm them, and ack the round's log
+        records: two waits for the broker a round."""
         while True:
             batch = [await self.queue.get()]
             while not self.queue.empty():
@@ -525,6 +527,7 @@ class Engine:
                                               last[(p, epoch)][0], self.durable_meta.get(p, -1))
                 futures = []
                 for p, epoch in live:
+                    futures += await self.send_tombstones(p, epoch, rows.get((p, epoch), {}))
                     half = len(stored[p]) // 2
                     futures += await self.send_rows(p, stored[p][:half])
                     if half and self.fault == "mid_rows":  # testing: half the rows durable, the rest never sent
@@ -533,6 +536,7 @@ class Engine:
                     futures += await self.send_rows(p, stored[p][half:])
                 await confirm(self.app.producer, futures, "state rows")
                 for p, epoch in live:
+                    self.forget_tombstoned(p, last[(p, epoch)][1][-1])
                     self.store_rows(stored[p], last[(p, epoch)][1][-1])
                 self.maybe_die("after_rows")  # rows durable; meta not yet written, offsets not acked
                 metas = {p: [(row_key(p, "meta"), orjson.dumps({"log_offset": last[(p, epoch)][0]}))] for p, epoch in live}
@@ -545,27 +549,31 @@ class Engine:
                     self.durable_meta[p] = last[(p, epoch)][0]
                     for event in last[(p, epoch)][1]:
                         event.ack()
-                await self.drop_deleted(live, rows, last)
+                    # deleted rows (ids the dedup horizon forgot) are durable as deleted now:
+                    # real tombstones replace them with the next round's rows
+                    self.tombstones[p] = (epoch, durable.deleted(rows.get((p, epoch), {}).items()))
             self.persisted += len(batch)
             self.unpersisted -= len(batch)
             self.stats.boundaries += len(batch)
             self.stats.persist_s += time.perf_counter() - t0
 
-    async def drop_deleted(self, live: list, rows: dict, last: dict) -> None:
-        """Rows the round deleted (``null``: ids the dedup horizon forgot) are durable as
-        deleted once its meta is: replace them by real tombstones, so that compaction
-        removes the keys and the store forgets them. A tombstone that never lands leaves
-        the ``null`` row, which reads as absent all the same."""
-        for p, epoch in live:
-            deleted = durable.deleted(rows.get((p, epoch), {}).items())
-            if not deleted:
-                continue
-            send = self.app.producer.send
-            futures = [await send(self.changelog, key, None, p, None, None) for key in deleted]
-            await confirm(self.app.producer, futures, "tombstones")
-            with writing_for(last[(p, epoch)][1][-1]):
-                for key in deleted:
-                    self.table.data.pop(key, None)
+    async def send_tombstones(self, p: int, epoch: int, round_rows: dict) -> list:
+        """Tombstones for the rows the previous round of partition ``p`` deleted, so that
+        compaction removes the keys and the store forgets them (a tombstone that never
+        lands leaves a deleted row, which reads as absent all the same; a key this round
+        writes again is left alone)."""
+        pending_epoch, keys = self.tombstones.get(p, (None, []))
+        keys = [k for k in keys if k not in round_rows] if pending_epoch == epoch else []
+        self.tombstones[p] = (epoch, keys)
+        send = self.app.producer.send
+        return [await send(self.changelog, key, None, p, None, None) for key in keys]
+
+    def forget_tombstoned(self, p: int, event) -> None:
+        """Drop the keys whose tombstones the broker acknowledged from the local store."""
+        _epoch, keys = self.tombstones.pop(p, (None, []))
+        with writing_for(event):
+            for key in keys:
+                self.table.data.pop(key, None)
 
     async def settle_persister(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) until every batch handed to the persister is durable."""
