@@ -31,7 +31,7 @@ import orjson
 
 from .engine import EngineState, Output, apply
 from .errors import Rejected, SchemaViolation, Undecodable
-from .records import Cause, deadletter_record, decode, parse
+from .records import Cause, Event, deadletter_record, decode, parse
 from .topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
 
 log = logging.getLogger("kpimargin")
@@ -61,6 +61,20 @@ def deadletter_output(topic: str, partition: int, offset: int | None, raw: bytes
 
 
 # --------------------------------------------------------------------------- routing
+@dataclass(frozen=True)
+class Parsed:
+    """An input the router validated, as it went into a log entry: where it came from, the
+    decoded value and the event parsed from it. The worker hands these to its own engine
+    with the log record they went into, so that it need not decode and parse them again
+    (:func:`apply_parsed`: the same outputs as :func:`apply_entry` on the entry)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: dict
+    event: Event
+
+
 def route_input(
     topic: str, partition: int, offset: int, raw: bytes | None, log_partitions: int, max_bytes: int,
     max_record_bytes: int | None = None,
@@ -71,6 +85,15 @@ def route_input(
     (``crc32(account_id) % P``); listing, flash, settlement and tick events to every one.
     An entry that would not fit in a log record of ``max_record_bytes`` is oversized too
     (re-encoding can lengthen numbers: ``1e5`` becomes ``100000.0``)."""
+    targets, entry, dead, _parsed = _route(topic, partition, offset, raw, log_partitions, max_bytes, max_record_bytes)
+    return targets, entry, dead
+
+
+def _route(
+    topic: str, partition: int, offset: int, raw: bytes | None, log_partitions: int, max_bytes: int,
+    max_record_bytes: int | None,
+) -> tuple[list[int], bytes | None, Output | None, Parsed | None]:
+    """:func:`route_input`, and the :class:`Parsed` input of an entry."""
     try:
         if raw is None:
             raise Undecodable("empty message (tombstone)")
@@ -83,13 +106,14 @@ def route_input(
             raise SchemaViolation(f"re-encoded as a {len(entry)}-byte log entry, beyond the {max_record_bytes}-byte "
                                   "log record limit", reason="oversized")
     except Rejected as error:
-        return [], None, deadletter_output(topic, partition, offset, raw or b"", error)
+        return [], None, deadletter_output(topic, partition, offset, raw or b"", error), None
     except Exception as error:  # a bug, never bad input: dead-letter it rather than stop the router
         log.error("router: unexpected %r on %s/%d@%d", error, topic, partition, offset)
-        return [], None, deadletter_output(topic, partition, offset, raw or b"", error)
+        return [], None, deadletter_output(topic, partition, offset, raw or b"", error), None
+    parsed = Parsed(topic, partition, offset, obj, event)
     if topic in ACCOUNT_TOPICS:
-        return [log_partition(event.account_id, log_partitions)], entry, None  # type: ignore[union-attr]
-    return list(range(log_partitions)), entry, None
+        return [log_partition(event.account_id, log_partitions)], entry, None, parsed  # type: ignore[union-attr]
+    return list(range(log_partitions)), entry, None, parsed
 
 
 def merge_inputs(
@@ -107,45 +131,61 @@ def merge_inputs(
 
 class RecordBuilder:
     """Collects routed entries per log partition and cuts them into records of at most
-    ``max_record_bytes`` (a single larger entry gets a record of its own)."""
+    ``max_record_bytes`` (a single larger entry gets a record of its own). Each record
+    keeps, beside its bytes, the :class:`Parsed` inputs of its entries, in order."""
 
     def __init__(self, max_record_bytes: int):
         self.max_record_bytes = max_record_bytes
-        self.open: dict[int, tuple[list[bytes], int]] = {}
-        self.records: list[tuple[int, bytes]] = []
+        self.open: dict[int, tuple[list[bytes], list[Parsed | None], int]] = {}
+        self.records: list[tuple[int, bytes, list[Parsed | None]]] = []
 
-    def add(self, partitions: Iterable[int], entry: bytes) -> None:
+    def add(self, partitions: Iterable[int], entry: bytes, parsed: Parsed | None = None) -> None:
+        empty = len(RECORD_HEAD) + len(RECORD_TAIL)
         for p in partitions:
-            entries, size = self.open.get(p, ([], len(RECORD_HEAD) + len(RECORD_TAIL)))
+            entries, inputs, size = self.open.get(p, ([], [], empty))
             if entries and size + len(entry) + 1 > self.max_record_bytes:
-                self.records.append((p, encode_record(entries)))
-                entries, size = [], len(RECORD_HEAD) + len(RECORD_TAIL)
+                self.records.append((p, encode_record(entries), inputs))
+                entries, inputs, size = [], [], empty
             entries.append(entry)
-            self.open[p] = (entries, size + len(entry) + 1)
+            inputs.append(parsed)
+            self.open[p] = (entries, inputs, size + len(entry) + 1)
 
-    def finish(self) -> list[tuple[int, bytes]]:
-        """Every record, ``(log partition, record)``, in the order their entries arrived
-        per partition (the order across partitions is irrelevant)."""
-        records = self.records + [(p, encode_record(entries)) for p, (entries, _) in sorted(self.open.items())]
+    def finish_parsed(self) -> list[tuple[int, bytes, list[Parsed | None]]]:
+        """Every record, ``(log partition, record, its entries' Parsed inputs)``, in the
+        order their entries arrived per partition (the order across partitions is irrelevant)."""
+        records = self.records + [(p, encode_record(entries), inputs)
+                                  for p, (entries, inputs, _) in sorted(self.open.items())]
         self.open, self.records = {}, []
         return records
+
+    def finish(self) -> list[tuple[int, bytes]]:
+        """Every record, ``(log partition, record)`` (see :meth:`finish_parsed`)."""
+        return [(p, record) for p, record, _inputs in self.finish_parsed()]
+
+
+def route_batch_parsed(
+    messages: Iterable[tuple[str, int, int, bytes | None]], log_partitions: int, max_bytes: int, max_record_bytes: int
+) -> tuple[list[tuple[int, bytes, list[Parsed | None]]], list[Output]]:
+    """The router on a batch of input messages ``(topic, partition, offset, raw)``, in the
+    order given: the log records to write, ``(log partition, record, Parsed inputs of its
+    entries)``, and the dead letters for what was invalid on its own."""
+    builder = RecordBuilder(max_record_bytes)
+    rejected = []
+    for topic, partition, offset, raw in messages:
+        targets, entry, dead, parsed = _route(topic, partition, offset, raw, log_partitions, max_bytes, max_record_bytes)
+        if dead is not None:
+            rejected.append(dead)
+        else:
+            builder.add(targets, entry, parsed)  # type: ignore[arg-type]
+    return builder.finish_parsed(), rejected
 
 
 def route_batch(
     messages: Iterable[tuple[str, int, int, bytes | None]], log_partitions: int, max_bytes: int, max_record_bytes: int
 ) -> tuple[list[tuple[int, bytes]], list[Output]]:
-    """The router on a batch of input messages ``(topic, partition, offset, raw)``, in the
-    order given: the log records to write, ``(log partition, record)``, and the dead
-    letters for what was invalid on its own."""
-    builder = RecordBuilder(max_record_bytes)
-    rejected = []
-    for topic, partition, offset, raw in messages:
-        targets, entry, dead = route_input(topic, partition, offset, raw, log_partitions, max_bytes, max_record_bytes)
-        if dead is not None:
-            rejected.append(dead)
-        else:
-            builder.add(targets, entry)  # type: ignore[arg-type]
-    return builder.finish(), rejected
+    """:func:`route_batch_parsed` without the Parsed inputs: ``(log partition, record)``."""
+    records, rejected = route_batch_parsed(messages, log_partitions, max_bytes, max_record_bytes)
+    return [(p, record) for p, record, _inputs in records], rejected
 
 
 # --------------------------------------------------------------------------- applying
@@ -208,18 +248,33 @@ def apply_entry(state: EngineState, log_partition: int, log_offset: int, entry: 
     topic, src_partition, src_offset, obj = source
     try:
         event = parse(topic, obj)
-        cause = Cause(topic, src_partition, src_offset, event.event_id)
-        _, outputs = apply(state, event, cause, obj)
+    except Exception as error:
+        return _not_applied(log_partition, topic, src_partition, src_offset, obj, error)
+    return apply_parsed(state, log_partition, Parsed(topic, src_partition, src_offset, obj, event))
+
+
+def apply_parsed(state: EngineState, log_partition: int, parsed: Parsed) -> list[Output]:
+    """Apply one entry whose input is already parsed (the worker's router parsed it): the
+    outputs :func:`apply_entry` gives for the entry the router wrote for ``parsed``."""
+    try:
+        cause = Cause(parsed.topic, parsed.partition, parsed.offset, parsed.event.event_id)
+        _, outputs = apply(state, parsed.event, cause, parsed.value)
         return outputs
-    except Rejected as error:
+    except Exception as error:
+        return _not_applied(log_partition, parsed.topic, parsed.partition, parsed.offset, parsed.value, error)
+
+
+def _not_applied(log_partition: int, topic: str, src_partition: int, src_offset: int, obj: dict,
+                 error: Exception) -> list[Output]:
+    """The dead letter for an entry the engine rejected, or could not apply because of a bug."""
+    if isinstance(error, Rejected):
         if topic in ACCOUNT_TOPICS or log_partition == 0:
             return [deadletter_output(topic, src_partition, src_offset, orjson.dumps(obj), error)]
         return []
-    except Exception as error:
-        log.error("engine: unexpected %r applying %s/%d@%d in log partition %d", error, topic, src_partition,
-                  src_offset, log_partition)
-        qualifier = "" if topic in ACCOUNT_TOPICS else f"log partition {log_partition}"
-        return [deadletter_output(topic, src_partition, src_offset, orjson.dumps(obj), error, qualifier)]
+    log.error("engine: unexpected %r applying %s/%d@%d in log partition %d", error, topic, src_partition,
+              src_offset, log_partition)
+    qualifier = "" if topic in ACCOUNT_TOPICS else f"log partition {log_partition}"
+    return [deadletter_output(topic, src_partition, src_offset, orjson.dumps(obj), error, qualifier)]
 
 
 def apply_record_entries(

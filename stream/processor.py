@@ -63,7 +63,8 @@ from faust.streams import _current_event  # the task-local "current event" table
 from . import durable
 from .engine import EngineState, row_order
 from .kafka import client_kwargs, ssl_context
-from .ordered_log import apply_record_entries, merge_inputs, route_batch
+from .ordered_log import Parsed, apply_parsed, apply_record_entries, merge_inputs, route_batch_parsed
+from .outbox import Outbox
 from .settings import Settings
 from .topics import DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS
 
@@ -124,6 +125,7 @@ def faust_config(settings: Settings) -> dict:
         processing_guarantee="at_least_once",
         producer_acks=-1,
         producer_linger=settings.producer_linger_ms / 1000.0,
+        producer_max_batch_size=settings.producer_batch_bytes,
         key_serializer="raw",
         value_serializer="raw",
         table_standby_replicas=0,
@@ -161,20 +163,14 @@ def _patch_fetch_wait(max_wait_ms: int) -> None:
     driver.aiokafka = proxy
 
 
-async def confirm(producer, futures: list, what: str) -> None:
+async def confirm(futures: list, what: str) -> None:
     """Wait until the broker acknowledged every send; raise if one was not delivered.
 
-    aiokafka's ``flush`` waits for every batch but does not report failures, so each
-    message's future is checked afterwards -- a loop over finished futures, far cheaper
-    than ``asyncio.wait`` on each of them (a callback per message: that was a third of a
-    busy worker's time)."""
-    if not futures:
-        return
-    if not all(f.done() for f in futures):
-        await producer.flush()
-        pending = [f for f in futures if not f.done()]
-        if pending:  # sent after the flush began (not by us): wait for those few
-            await asyncio.wait(pending)
+    The futures are few -- one per producer batch (:mod:`stream.outbox`) or per log
+    record -- so waiting on them directly costs nothing worth saving."""
+    pending = [f for f in futures if not f.done()]
+    if pending:
+        await asyncio.wait(pending)
     failed = [f for f in futures if f.cancelled() or f.exception() is not None]
     if failed:
         error = "cancelled" if failed[0].cancelled() else repr(failed[0].exception())
@@ -184,7 +180,7 @@ async def confirm(producer, futures: list, what: str) -> None:
 class Stats:
     """Counters reported every 10 s at INFO (reset after each report)."""
 
-    FIELDS = ("records", "entries", "outputs", "boundaries", "routed", "rejected", "apply_s", "persist_s")
+    FIELDS = ("records", "handed_off", "entries", "outputs", "boundaries", "routed", "rejected", "apply_s", "persist_s")
 
     def __init__(self) -> None:
         self.reset()
@@ -194,7 +190,8 @@ class Stats:
             setattr(self, name, 0)
 
     def line(self) -> str:
-        return (f"router: {self.routed} inputs routed, {self.rejected} dead-lettered; engine: {self.records} log records, "
+        return (f"router: {self.routed} inputs routed, {self.rejected} dead-lettered; engine: {self.records} log records "
+                f"({self.handed_off} handed off by the router), "
                 f"{self.entries} entries, {self.outputs} outputs, {self.boundaries} batches persisted; "
                 f"apply {self.apply_s:.2f}s, persist {self.persist_s:.2f}s")
 
@@ -213,8 +210,8 @@ def undelivered_log_record(future) -> None:
 class Router:
     """Input topics -> ``margin.log`` records and dead letters; see the module docstring."""
 
-    def __init__(self, app: faust.App, settings: Settings, stats: Stats):
-        self.app, self.settings, self.stats = app, settings, stats
+    def __init__(self, app: faust.App, settings: Settings, stats: Stats, engine: "Engine"):
+        self.app, self.settings, self.stats, self.engine = app, settings, stats, engine
         self.names = {settings.topic(t): t for t in INPUT_TOPICS}
         self.log_name = settings.topic(LOG)
         self.deadletter_name = settings.topic(DEADLETTER)
@@ -244,42 +241,56 @@ class Router:
                             for tp, records in batch.items())
 
     async def run(self) -> None:
-        """Fetch, route, send -- without waiting for the broker between fetches: batches in
-        flight are retired in order as their sends are acknowledged, and only then are
-        their input offsets committed (at most every ``commit_interval_s`` while busy, at
-        once when idle)."""
-        from aiokafka import TopicPartition
-
+        """Fetch, route, send -- without waiting for the broker between fetches: the
+        batches in flight are retired in order by :meth:`retire` as their sends are
+        acknowledged (at most ``persist_queue_max`` of them: back-pressure)."""
         s = self.settings
         consumer = self.consumer()
         await consumer.start()
         producer = self.app.producer
         log.info("router: consuming %s as group %s-router", sorted(self.names), s.app_id)
-        in_flight: deque[tuple[list, dict]] = deque()  # (send futures, next offsets) per batch, in order
+        in_flight: asyncio.Queue = asyncio.Queue(maxsize=s.persist_queue_max)
+        retiring = asyncio.ensure_future(guarded("router", self.retire, consumer, in_flight))
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=s.router_batch_max)
+                batch = {tp: records for tp, records in batch.items() if records}
+                if not batch:
+                    await in_flight.put(None)  # idle: commit what is delivered now
+                    continue
+                messages = self.merged(batch)
+                records, dead = route_batch_parsed(messages, s.partitions, s.max_message_bytes, s.log_record_max_bytes)
+                sent = [(await producer.send(self.log_name, None, record, p, None, None), p, parsed)
+                        for p, record, parsed in records]
+                dead_sent = [await producer.send(self.deadletter_name, d.key.encode(), orjson.dumps(d.value), None, None, None)
+                             for d in dead]
+                for future in [f for f, _p, _parsed in sent] + dead_sent:
+                    future.add_done_callback(undelivered_log_record)
+                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
+                self.stats.routed += len(messages)
+                self.stats.rejected += len(dead)
+                await in_flight.put((sent, dead_sent, offsets))
+        finally:
+            retiring.cancel()
+
+    async def retire(self, consumer, in_flight: asyncio.Queue) -> None:
+        """Batches in order, once the broker acknowledged their sends: hand each log
+        record to this worker's engine (:meth:`Engine.handoff`: applied at once if the
+        engine owns its partition and is at its offset, instead of waiting to fetch it
+        back from the log), then commit their input offsets (at most every
+        ``commit_interval_s`` while busy, at once when idle)."""
         delivered: dict = {}  # offsets of acknowledged batches, not yet committed
         last_commit = time.monotonic()
         while True:
-            batch = await consumer.getmany(timeout_ms=5 if in_flight else 1000, max_records=s.router_batch_max)
-            batch = {tp: records for tp, records in batch.items() if records}
-            if batch:
-                messages = self.merged(batch)
-                records, dead = route_batch(messages, s.partitions, s.max_message_bytes, s.log_record_max_bytes)
-                sent = [await producer.send(self.log_name, None, record, p, None, None) for p, record in records]
-                sent += [await producer.send(self.deadletter_name, d.key.encode(), orjson.dumps(d.value), None, None, None)
-                         for d in dead]
-                for future in sent:
-                    future.add_done_callback(undelivered_log_record)
-                in_flight.append((sent, {TopicPartition(tp.topic, tp.partition): rs[-1].offset + 1 for tp, rs in batch.items()}))
-                self.stats.routed += len(messages)
-                self.stats.rejected += len(dead)
-            if len(in_flight) > s.persist_queue_max:  # back-pressure: wait for the oldest batch
-                await confirm(producer, in_flight[0][0], "log records")
-            while in_flight and all(f.done() for f in in_flight[0][0]):
-                futures, offsets = in_flight.popleft()
-                await confirm(producer, futures, "log records")  # raises (and so stops the worker) on a failed send
+            item = await in_flight.get()
+            if item is not None:
+                sent, dead_sent, offsets = item
+                await confirm([f for f, _p, _parsed in sent] + dead_sent, "log records")
+                if self.engine.handoff([(p, f.result().offset, parsed) for f, p, parsed in sent]):
+                    await self.engine.boundary()
                 delivered.update(offsets)
             now = time.monotonic()
-            if delivered and (not batch or now - last_commit >= s.commit_interval_s):
+            if delivered and (item is None or now - last_commit >= self.settings.commit_interval_s):
                 delivered, last_commit = await self.commit(consumer, delivered), now
 
     @staticmethod
@@ -311,6 +322,7 @@ class Partition:
     next_offset: int  # the next log offset to apply
     events: list = field(default_factory=list)  # faust events applied since the last boundary
     entries: int = 0
+    applied: bool = False  # a record was applied since the last boundary (handed off ones have no event)
     rewind_to: int | None = None  # a seek back is pending: waiting for this offset
     rewound_at: float = 0.0
 
@@ -329,11 +341,22 @@ def row_key(p: int, key: str) -> bytes:
 
 
 
+class _InPartition:
+    """Stands for an event of log partition ``p`` where faust's table stores look for the
+    current event: they take the partition to write from it (rocksdb keeps one database
+    per partition)."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, p: int):
+        self.message = types.SimpleNamespace(partition=p)
+
+
 @contextmanager
-def writing_for(event):
-    """Table stores pick their partition from the task's current event (rocksdb keeps one
-    database per partition): write rows as if processing ``event``."""
-    token = _current_event.set(weakref.ref(event))
+def writing_for(p: int):
+    """Write to the table's local store as if processing an event of log partition ``p``."""
+    stand_in = _InPartition(p)
+    token = _current_event.set(weakref.ref(stand_in))
     try:
         yield
     finally:
@@ -351,7 +374,9 @@ class Engine:
         self.out_names = {name: settings.topic(name) for name in OUTPUT_TOPICS}
         self.log_name = settings.topic(LOG)
         self.changelog = table.changelog_topic.get_topic_name()
-        self.in_flight: list = []  # output deliveries since the last boundary
+        self.outbox: Outbox | None = None  # outputs, in producer batches (see ensure_outboxes)
+        self.rows: Outbox | None = None  # the persister's state rows, in producer batches
+        self.awaiting_ack: dict[int, list] = {}  # per partition: faust events of records applied before, acked once durable
         self.queue: asyncio.Queue[Boundary] = asyncio.Queue(maxsize=settings.persist_queue_max)
         fault, _, at = settings.fault_injection.partition(":")
         self.fault, self.fault_at = fault, int(at) if at else 0
@@ -404,6 +429,7 @@ class Engine:
         for tp in tps:
             if tp.topic == self.log_name:
                 self.parts.pop(tp.partition, None)
+                self.awaiting_ack.pop(tp.partition, None)
                 self.epochs[tp.partition] = self.epochs.get(tp.partition, 0) + 1
 
     async def rewind(self, p: int, part: Partition) -> None:
@@ -420,7 +446,17 @@ class Engine:
         await self.app.consumer.seek_wait({tp: part.next_offset})
 
     # ---------------------------------------------------------------- the agent
+    async def ensure_outboxes(self) -> None:
+        """Create the outboxes on the started producer (once; any task may ask first)."""
+        if self.outbox is None:
+            producer = self.app.producer._ensure_producer()  # noqa: SLF001 - faust's aiokafka producer
+            outbox = Outbox(producer)
+            await outbox.prepare(self.out_names.values())
+            if self.outbox is None:
+                self.outbox, self.rows = outbox, Outbox(producer)
+
     async def run(self, stream) -> None:
+        await self.ensure_outboxes()
         queue = stream.channel.queue
         batch_max = self.settings.batch_max
         async for event in stream.events():
@@ -437,63 +473,109 @@ class Engine:
                 self.last_event_at = time.monotonic()
                 part.rewind_to = None
                 if offset == part.next_offset:
-                    await self.apply(p, part, offset, event.value)
-                else:  # applied before (a re-delivery after a seek or a rebalance): acked with this batch
-                    self.entries_since += 1
-                part.events.append(event)
+                    self.apply(p, part, offset, event.value)
+                    part.events.append(event)
+                else:  # applied before (handed off by the router, or re-delivered after a seek)
+                    self.ack_when_durable(p, offset, event)
             if queue.empty() or self.entries_since >= batch_max:
                 await self.boundary()
+            else:
+                await self.outbox.flush()  # type: ignore[union-attr]
 
-    async def apply(self, p: int, part: Partition, offset: int, record: bytes | None) -> None:
-        """Apply one log record and hand its outputs to the producer (no wait)."""
+    def ack_when_durable(self, p: int, offset: int, event) -> None:
+        """Ack the faust event of a record applied before: now if its effects are durable,
+        else once the persister has made them so."""
+        if offset <= self.durable_meta.get(p, -1):
+            event.ack()
+        else:
+            self.awaiting_ack.setdefault(p, []).append((offset, event))
+
+    def handoff(self, records: list[tuple[int, int, list[Parsed | None]]]) -> bool:
+        """Log records this worker's router just wrote, ``(log partition, log offset,
+        Parsed inputs of its entries)``, acknowledged by the broker: each one whose
+        partition this engine owns and whose offset is the next it applies is applied now,
+        from the router's parsed inputs, instead of after a fetch of the log (one broker
+        hop less). Any other is left to the log: applying stays strictly in log order. The
+        agent later receives these records from the log too and only acks them.
+        True if anything was applied (the caller then ends the batch)."""
+        applied = False
+        for p, offset, parsed in records:
+            part = self.parts.get(p)
+            if part is None or self.stopping or offset != part.next_offset or None in parsed:
+                continue
+            self.apply(p, part, offset, None, parsed)  # type: ignore[arg-type]
+            self.stats.handed_off += 1
+            applied = True
+        return applied
+
+    def apply(self, p: int, part: Partition, offset: int, record: bytes | None,
+              parsed: list[Parsed] | None = None) -> None:
+        """Apply one log record (or the router's parsed inputs of its entries, the same
+        outputs) and queue its outputs in the outbox. Synchronous: no other task runs
+        between applying a record and queueing what it publishes."""
         t0 = time.perf_counter()
-        outputs = []
-        for _entry, produced in apply_record_entries(part.state, p, offset, record):
-            outputs.extend(produced)
-            part.entries += 1
-            self.entries_since += 1
+        state = part.state
+        if parsed is None:
+            outputs = []
+            entries = 0
+            for _entry, produced in apply_record_entries(state, p, offset, record):
+                outputs.extend(produced)
+                entries += 1
+        else:
+            outputs = [out for item in parsed for out in apply_parsed(state, p, item)]
+            entries = len(parsed)
+        part.entries += entries
+        self.entries_since += entries
         part.next_offset = offset + 1
+        part.applied = True
+        add = self.outbox.add  # type: ignore[union-attr]
+        names = self.out_names
+        for out in outputs:
+            add(names[out.topic], out.key.encode(), orjson.dumps(out.value))
         self.stats.apply_s += time.perf_counter() - t0
         self.stats.records += 1
         self.stats.outputs += len(outputs)
-        send = self.app.producer.send
-        for out in outputs:
-            self.in_flight.append(await send(self.out_names[out.topic], out.key.encode(), orjson.dumps(out.value),
-                                             None, None, None))
 
     async def boundary(self) -> None:
-        """Snapshot the rows the batch changed and hand the batch to the persister."""
+        """Snapshot the rows the batch changed and hand the batch to the persister, with
+        the deliveries of every output it published (taken in the same synchronous step:
+        what another task applies meanwhile belongs to the next batch)."""
         parts = []
         for p, part in self.parts.items():
-            if not part.events:
+            if not part.applied:
                 continue
             state = part.state
             rows = [(row_key(p, key), orjson.dumps(state.row(key))) for key in sorted(state.touched, key=row_order)]
             state.touched.clear()
             parts.append((p, part.epoch, rows, part.next_offset - 1, part.events))
             self.stats.entries += part.entries
-            part.events, part.entries = [], 0
+            part.events, part.entries, part.applied = [], 0, False
         self.entries_since = 0
         if parts:
-            outputs, self.in_flight = self.in_flight, []
+            taken = self.outbox.take()  # type: ignore[union-attr]
             self.unpersisted += 1
-            await self.queue.put(Boundary(outputs, parts))
+            await self.outbox.submit(taken)  # type: ignore[union-attr]
+            await self.queue.put(Boundary(self.outbox.deliveries(), parts))  # type: ignore[union-attr]
 
     # ---------------------------------------------------------------- persister
     def current(self, p: int, epoch: int) -> bool:
         return self.epochs.get(p, 0) == epoch
 
-    async def send_rows(self, p: int, rows: list[tuple[bytes, bytes]]) -> list:
-        """Send rows to the table's changelog partition straight through the producer (not
-        ``table[key] = value``: faust buffers those and gives up flushing after 100 ms, so
-        offsets could be committed before the rows were sent); return the deliveries."""
-        send = self.app.producer.send
-        return [await send(self.changelog, key, value, p, None, None) for key, value in rows]
+    async def send_rows(self, p: int, rows: list[tuple[bytes, bytes | None]]) -> list:
+        """Send rows (a None value: a tombstone) to the table's changelog partition straight
+        through the producer, in batches (not ``table[key] = value``: faust buffers those and
+        gives up flushing after 100 ms, so offsets could be committed before the rows were
+        sent); return the deliveries."""
+        rows_box = self.rows
+        for key, value in rows:
+            rows_box.add(self.changelog, key, value, p)  # type: ignore[union-attr]
+        await rows_box.flush()  # type: ignore[union-attr]
+        return rows_box.deliveries()  # type: ignore[union-attr]
 
-    def store_rows(self, rows: list[tuple[bytes, bytes]], event) -> None:
+    def store_rows(self, rows: list[tuple[bytes, bytes]], p: int) -> None:
         """Rows the changelog acknowledged, into the table's local store (only then: a
         local store must never hold what the changelog does not)."""
-        with writing_for(event):
+        with writing_for(p):
             for key, value in rows:
                 self.table.data[key] = value
 
@@ -506,12 +588,13 @@ class Engine:
         (:mod:`stream.durable`) -- with the tombstones of rows the previous round deleted --
         confirm them, write the ``meta`` rows, confirm them, and ack the round's log
         records: two waits for the broker a round."""
+        await self.ensure_outboxes()
         while True:
             batch = [await self.queue.get()]
             while not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             t0 = time.perf_counter()
-            await confirm(self.app.producer, [f for b in batch for f in b.outputs], "outputs")
+            await confirm([f for b in batch for f in b.outputs], "outputs")
             self.maybe_die("after_outputs")  # outputs acknowledged, state not yet written
             rows: dict[tuple[int, int], dict[bytes, bytes]] = {}
             last: dict[tuple[int, int], tuple[int, list]] = {}
@@ -527,28 +610,29 @@ class Engine:
                                               last[(p, epoch)][0], self.durable_meta.get(p, -1))
                 futures = []
                 for p, epoch in live:
-                    futures += await self.send_tombstones(p, epoch, rows.get((p, epoch), {}))
                     half = len(stored[p]) // 2
-                    futures += await self.send_rows(p, stored[p][:half])
+                    futures += await self.send_rows(p, self.tombstones_due(p, epoch, rows.get((p, epoch), {}))
+                                                    + stored[p][:half])
                     if half and self.fault == "mid_rows":  # testing: half the rows durable, the rest never sent
-                        await confirm(self.app.producer, futures, "state rows")
+                        await confirm(futures, "state rows")
                         self.maybe_die("mid_rows")
                     futures += await self.send_rows(p, stored[p][half:])
-                await confirm(self.app.producer, futures, "state rows")
+                await confirm(futures, "state rows")
                 for p, epoch in live:
-                    self.forget_tombstoned(p, last[(p, epoch)][1][-1])
-                    self.store_rows(stored[p], last[(p, epoch)][1][-1])
+                    self.forget_tombstoned(p)
+                    self.store_rows(stored[p], p)
                 self.maybe_die("after_rows")  # rows durable; meta not yet written, offsets not acked
                 metas = {p: [(row_key(p, "meta"), orjson.dumps({"log_offset": last[(p, epoch)][0]}))] for p, epoch in live}
                 futures = []
                 for p in metas:
                     futures += await self.send_rows(p, metas[p])
-                await confirm(self.app.producer, futures, "meta rows")
+                await confirm(futures, "meta rows")
                 for p, epoch in live:
-                    self.store_rows(metas[p], last[(p, epoch)][1][-1])
+                    self.store_rows(metas[p], p)
                     self.durable_meta[p] = last[(p, epoch)][0]
                     for event in last[(p, epoch)][1]:
                         event.ack()
+                    self.ack_durable(p)
                     # deleted rows (ids the dedup horizon forgot) are durable as deleted now:
                     # real tombstones replace them with the next round's rows
                     self.tombstones[p] = (epoch, durable.deleted(rows.get((p, epoch), {}).items()))
@@ -557,7 +641,18 @@ class Engine:
             self.stats.boundaries += len(batch)
             self.stats.persist_s += time.perf_counter() - t0
 
-    async def send_tombstones(self, p: int, epoch: int, round_rows: dict) -> list:
+    def ack_durable(self, p: int) -> None:
+        """Ack the waiting events (see :meth:`ack_when_durable`) that partition ``p``'s
+        durable meta now covers."""
+        waiting = self.awaiting_ack.get(p)
+        if waiting:
+            meta = self.durable_meta[p]
+            due = [event for offset, event in waiting if offset <= meta]
+            self.awaiting_ack[p] = [(offset, event) for offset, event in waiting if offset > meta]
+            for event in due:
+                event.ack()
+
+    def tombstones_due(self, p: int, epoch: int, round_rows: dict) -> list[tuple[bytes, None]]:
         """Tombstones for the rows the previous round of partition ``p`` deleted, so that
         compaction removes the keys and the store forgets them (a tombstone that never
         lands leaves a deleted row, which reads as absent all the same; a key this round
@@ -565,13 +660,12 @@ class Engine:
         pending_epoch, keys = self.tombstones.get(p, (None, []))
         keys = [k for k in keys if k not in round_rows] if pending_epoch == epoch else []
         self.tombstones[p] = (epoch, keys)
-        send = self.app.producer.send
-        return [await send(self.changelog, key, None, p, None, None) for key in keys]
+        return [(key, None) for key in keys]
 
-    def forget_tombstoned(self, p: int, event) -> None:
+    def forget_tombstoned(self, p: int) -> None:
         """Drop the keys whose tombstones the broker acknowledged from the local store."""
         _epoch, keys = self.tombstones.pop(p, (None, []))
-        with writing_for(event):
+        with writing_for(p):
             for key in keys:
                 self.table.data.pop(key, None)
 
@@ -639,7 +733,7 @@ def create_app(settings: Settings) -> faust.App:
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     stats = Stats()
     engine = Engine(app, table, settings, stats)
-    router = Router(app, settings, stats)
+    router = Router(app, settings, stats, engine)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:  # noqa: ARG001

@@ -35,6 +35,10 @@ class Settings:
     producer_linger_ms: float = setting(
         "KPIMARGIN_PRODUCER_LINGER_MS", 5.0, "How long the producer waits to batch records into one request (latency vs. throughput)."
     )
+    producer_batch_bytes: int = setting(
+        "KPIMARGIN_PRODUCER_BATCH_BYTES", 262_144,
+        "Largest record batch the worker's producer builds per topic-partition (outputs and state rows are sent a batch at a time).",
+    )
     request_timeout_s: float = setting(
         "KPIMARGIN_REQUEST_TIMEOUT_S", 30.0,
         "How long a broker request (send, fetch, commit) may take before it fails; an undelivered send stops the worker, and a restart resumes from the last durable state.",
@@ -100,6 +104,8 @@ class Settings:
         if self.log_record_max_bytes < 2 * self.max_message_bytes:
             raise ValueError("KPIMARGIN_LOG_RECORD_MAX_BYTES must be at least twice KPIMARGIN_MAX_MESSAGE_BYTES "
                              "(a log entry re-encodes one input message)")
+        if not 1024 <= self.producer_batch_bytes <= 1_048_576:
+            raise ValueError("KPIMARGIN_PRODUCER_BATCH_BYTES must be within 1024 and 1048576 (a broker's default message size limit)")
         if self.request_timeout_s <= 0 or self.stall_timeout_s <= 0:
             raise ValueError("KPIMARGIN_REQUEST_TIMEOUT_S and KPIMARGIN_STALL_TIMEOUT_S must be positive")
         if self.dedup_horizon_s < 0:

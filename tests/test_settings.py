@@ -130,7 +130,7 @@ def test_tls_and_sasl_reach_every_kafka_client_the_worker_creates(tmp_path, prot
     s = Settings.from_env(env)
 
     async def router_client():
-        return Router(None, s, Stats()).consumer()._client  # noqa: SLF001 - the consumer's own client
+        return Router(None, s, Stats(), None).consumer()._client  # noqa: SLF001 - the consumer's own client
 
     router = asyncio.run(router_client())
     faust_auth = credentials_to_aiokafka_auth(faust_config(s)["broker_credentials"])
