@@ -10,6 +10,9 @@ Measures, in one run, on the embedded broker (or ``KAFKA_BOOTSTRAP_SERVERS``):
   drained by one worker process);
 * ``p50_ms``/``p99_ms``: fill-to-requirement latency at a fixed offered 1,000 fills/s,
   timed at an outside consumer;
+* ``hop_p50_ms``/``hop_p99_ms``: one broker hop (produce -> fetch, no logic) at the same
+  rate for the same time -- the latency floor of the stack (a fill reaches its
+  requirement through at least two hops);
 
 and in-process:
 
@@ -134,12 +137,13 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path) -> dict:
     tag = str(int(time.time()))
     n_pass = 10_000 if quick else 100_000
     n_floor = 2_000 if quick else 20_000
-    n_proc = 3_000 if quick else 30_000
+    n_proc = 6_000 if quick else 100_000
     latency_s = 3 if quick else 10
     figures: dict = {}
     settings = stack.bench_settings(bootstrap, tag)
     figures["passthrough"] = await stack.passthrough(settings, n_pass)
     figures["faust_floor"] = await stack.faust_floor(settings, n_floor, log_dir)
+    figures["hop"] = await stack.hop_latency(stack.bench_settings(bootstrap, tag + "h"), 1_000.0, latency_s)
     # each measurement on fresh topics: the embedded broker slows down as partitions fill
     latency = await stack.processor(stack.bench_settings(bootstrap, tag + "l1"), 0, 1_000.0, latency_s, workers=1,
                                     log_dir=log_dir)
@@ -192,6 +196,8 @@ def headline(r: dict) -> dict:
         "processor_eps": round(proc["eps"]),
         "p50_ms": round(proc["latency"]["p50_ms"], 2),
         "p99_ms": round(proc["latency"]["p99_ms"], 2),
+        "hop_p50_ms": round(s["hop"]["p50_ms"], 2),
+        "hop_p99_ms": round(s["hop"]["p99_ms"], 2),
         "fanout_positions_per_s": round(r["fanout"]["positions_per_s"]),
         "whatif_ms": round(r["whatif"]["request"]["median_ms"], 3),
         "reestimate_mc_ms": round(r["reestimate_mc"]["median_ms"], 3),
@@ -224,6 +230,8 @@ def markdown(r: dict, command: str) -> str:
     rows += [
         (f"fill-to-requirement latency at {lat['rate']:,.0f} fills/s offered", f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms",
          f"{lat['measured']:,} fills, max {lat['max_ms']:.1f} ms"),
+        (f"one broker hop, no logic, at {s['hop']['rate']:,.0f} messages/s (the stack's latency floor)",
+         f"p50 {h['hop_p50_ms']} ms, p99 {h['hop_p99_ms']} ms", f"{s['hop']['messages']:,} messages, max {s['hop']['max_ms']:.1f} ms"),
         *([(f"fill-to-requirement latency at {s['processor']['latency_unsaturated']['rate']:,.0f} fills/s offered",
             f"p50 {s['processor']['latency_unsaturated']['p50_ms']:.1f} ms, p99 {s['processor']['latency_unsaturated']['p99_ms']:.1f} ms",
             "a rate one worker sustains here")] if "latency_unsaturated" in s["processor"] else []),

@@ -5,6 +5,9 @@ and the processor, side by side on one broker in one run.
 (b) ``faust_floor``: a bare faust agent doing one table write per event (bench/faust_floor.py).
 (c) ``processor``: the real worker, fill published to requirement published.
 (d) ``latency``: fill-to-requirement latency at a fixed offered rate.
+(e) ``hop_latency``: one broker hop (produce, then a consumer's fetch), no logic, at the
+    same rate for the same time: the latency floor of this stack -- a fill reaches its
+    requirement through two such hops at least (fill -> worker, requirement -> reader).
 
 Every figure is measured on messages pre-generated before the clock starts; throughput runs
 drain a backlog (the input is published first), so they measure the consumer, not the
@@ -111,6 +114,50 @@ async def passthrough(settings: Settings, n: int) -> dict:
         await producer.stop()
         await consumer.stop()
     return {"events": n, "seconds": elapsed, "eps": n / elapsed}
+
+
+# --------------------------------------------------------------------------- (e) one hop
+async def hop_latency(settings: Settings, rate: float, seconds: float) -> dict:
+    """Publish ``rate`` fills a second for ``seconds`` (each on its own schedule, 0 ms
+    linger, as in :func:`_latency`) to a fresh topic and time each until a consumer
+    (fetch wait as the processor's) receives it: one hop of this broker, no logic."""
+    topic = settings.topic("bench.hop")
+    await create_topics(settings, [topic])
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=settings.fetch_max_wait_ms, max_partition_fetch_bytes=4 << 20)
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks=1, linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    items = fills(int(rate * seconds), "H", seed=5)
+    sent: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+
+    async def receive() -> None:
+        while len(arrived) < len(items):
+            batch = await consumer.getmany(timeout_ms=100, max_records=5_000)
+            now = time.time()
+            for records in batch.values():
+                for record in records:
+                    arrived[record.key.decode()] = now
+
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        receiving = asyncio.create_task(receive())
+        t0 = time.monotonic()
+        for i, item in enumerate(items):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent[item["trade_id"]] = time.time()
+            await producer.send(topic, orjson.dumps(item), key=item["trade_id"].encode())
+        await asyncio.wait_for(receiving, 120)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    lat = sorted((arrived[i] - sent[i]) * 1000 for i in sent)
+    return {"rate": rate, "messages": len(lat), "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1]}
 
 
 # --------------------------------------------------------------------------- (b) faust floor
