@@ -16,7 +16,9 @@ worker and every replay applies.
 :func:`apply_record` is the single function that turns a record into outputs; the faust
 engine agent, the replay/audit tools and the integration tests all call it (or
 :func:`apply_record_entries`, the same loop entry by entry), so a replay of the log
-reproduces exactly what the processor published.
+reproduces exactly what the processor published. The worker's router also hands the
+inputs it parsed to its own engine (:class:`Parsed`, :func:`apply_parsed`): applying
+those is applying the entries it wrote for them, minus decoding and parsing them again.
 """
 
 from __future__ import annotations

@@ -17,7 +17,12 @@ aiokafka), and a stateless forwarder needs none of it (bench/RESULTS.md).
 **The engine agent** (``apply_log``, a faust agent) reads ``margin.log`` and, per
 partition, applies each record with :func:`stream.ordered_log.apply_record` -- the same
 core the what-if and audit tools call -- and publishes the requirement, call and
-dead-letter records it returns. Its state lives in a faust table (``state``) whose
+dead-letter records it returns. A record this worker's router wrote is *handed off*
+(:meth:`Engine.handoff`): once the broker acknowledged it, and if the engine owns its
+partition and is at exactly its offset, it is applied at once from the router's parsed
+inputs (:func:`stream.ordered_log.apply_parsed`, the same outputs) -- no wait for a fetch
+of the log, no second parse; when faust delivers it later it is only acked. Outputs and
+state rows go to the broker as producer batches (:mod:`stream.outbox`). Its state lives in a faust table (``state``) whose
 changelog is co-partitioned with the log: one row per contract, the clock, each account and
 each id it remembers for deduplication, plus a ``meta`` row naming the last log offset
 whose effects are all durable.
@@ -31,7 +36,8 @@ the persister (:meth:`Engine.persist`), which, in order and without holding up t
 2. writes the changed rows to the changelog, each versioned with the batch's last log
    offset and carrying its previous value (:mod:`stream.durable`), and waits for them;
 3. writes the ``meta`` row (the batch's last log offset) and waits for it;
-4. acks the batch's log records, so faust may commit their offsets.
+4. acks the batch's log records, so faust may commit their offsets (the records handed
+   off before faust delivered them are acked when delivered, once durable).
 
 State is therefore never ahead of the outputs it implies. A partition is loaded exactly as
 of its ``meta`` offset -- a row newer than ``meta`` counts as its previous value -- so a

@@ -22,8 +22,10 @@ from stream.ordered_log import (
     expand,
     log_partition,
     record_entries,
+    apply_parsed,
     replay,
     route_batch,
+    route_batch_parsed,
 )
 from stream.topics import COLLATERAL, DEADLETTER, FILLS, LISTINGS, LOG, TICKS
 
@@ -93,6 +95,28 @@ def test_where_the_router_cuts_batches_changes_no_output(batch):
     assert [d.value for d in dead] == expected_dead and dead  # undecodable fills, found by the router
     assert any(o.topic == DEADLETTER and o.value["reason"] == "price_out_of_range" for o in outputs)
     assert _rows(states) == _rows(expected_states)
+
+
+@pytest.mark.parametrize("batch", [1, 40, 10_000])
+def test_applying_the_routers_parsed_inputs_equals_applying_the_log(batch):
+    """The worker's hand-off (the router's Parsed inputs applied with apply_parsed) publishes
+    exactly what applying the record read back from the log publishes, and leaves the same
+    state -- including the entries the engine rejects (price out of range, duplicates)."""
+    inputs = _inputs(300)
+    inputs += [inputs[10], inputs[11]]  # re-forwarded fills: skipped as already applied
+    from_log: dict[int, EngineState] = {}
+    handed: dict[int, EngineState] = {}
+    offsets = [0] * PARTITIONS
+    for i in range(0, len(inputs), batch):
+        records, _dead = route_batch_parsed(inputs[i:i + batch], PARTITIONS, 65_536, 1_000_000)
+        for p, record, parsed in records:
+            assert len(record_entries(record)) == len(parsed)
+            expected = apply_record(from_log.setdefault(p, EngineState()), p, offsets[p], record)
+            got = [out for item in parsed for out in apply_parsed(handed.setdefault(p, EngineState()), p, item)]
+            assert [(o.topic, o.key, o.value) for o in got] == [(o.topic, o.key, o.value) for o in expected]
+            offsets[p] += 1
+    assert _rows(handed) == _rows(from_log)
+    assert sum(offsets) >= len(inputs) // batch and all(st.accounts for st in handed.values())
 
 
 def test_records_respect_the_size_limit_and_keep_entry_order():
