@@ -169,6 +169,10 @@ class EngineState:
     accounts: dict[str, Account] = field(default_factory=dict)
     now_us: int | None = None
     clock_src: dict[str, int] = field(default_factory=dict)
+    # Per input topic-partition ("<topic>/<partition>"): the highest source offset this state
+    # -- one log partition -- has taken in, whether the event was applied or rejected (see
+    # :func:`take_in`). Persisted in the clock row.
+    taken: dict[str, int] = field(default_factory=dict)
     # Keys (as in :meth:`rows`) of rows changed since the caller last cleared it: the rows a
     # persistent shell must write. Rows whose only change is a re-margin that published
     # nothing are not listed: re-applying that event publishes nothing again.
@@ -176,7 +180,7 @@ class EngineState:
 
     # ---- persistence: rows for a key-value table, and back
     def rows(self) -> Iterable[tuple[str, Any]]:
-        yield "clock", {"now_us": self.now_us, "src": dict(self.clock_src)}
+        yield "clock", self.row("clock")
         for cid, contract in self.contracts.items():
             yield f"contract:{cid}", contract.as_row()
         for aid, account in self.accounts.items():
@@ -188,7 +192,7 @@ class EngineState:
         """One row by its key ("clock", "contract:<id>", "account:<id>", "seen:..."); None
         for a row that does not exist (e.g. an id the dedup horizon has forgotten)."""
         if key == "clock":
-            return {"now_us": self.now_us, "src": dict(self.clock_src)}
+            return {"now_us": self.now_us, "src": dict(self.clock_src), "taken": dict(self.taken)}
         kind, _, ident = key.partition(":")
         if kind == "seen":
             account_id, id_key = split_seen_key(key)
@@ -207,6 +211,7 @@ class EngineState:
             if key == "clock":
                 state.now_us = row["now_us"]
                 state.clock_src = dict(row["src"])
+                state.taken = dict(row.get("taken") or {})
             elif key.startswith("contract:"):
                 contract_rows.append(row)
             elif key.startswith("account:"):
@@ -241,6 +246,25 @@ class EngineState:
         for contract in state.contracts.values():
             _refresh_book(state, contract)
         return state
+
+
+def take_in(state: EngineState, topic: str, partition: int, offset: int) -> bool:
+    """Record that this log partition takes in source message ``topic/partition@offset``;
+    False if it has taken it in before -- a re-forwarded copy, to skip whole: neither
+    applied again nor rejected again (a rejection could differ the second time: a fill
+    rejected for an unknown contract might apply once the listing has arrived, and the
+    same dead-letter id must never carry other content).
+
+    Sound because the router forwards each input partition in offset order and commits
+    an offset only once everything before it is in the log: in a log partition, every
+    message of an input partition below an offset already seen appeared before it, so an
+    entry at or below the highest offset seen is always a copy."""
+    key = f"{topic}/{partition}"
+    if state.taken.get(key, -1) >= offset:
+        return False
+    state.taken[key] = offset
+    state.touched.add("clock")
+    return True
 
 
 def seen_key(account_id: str, id_key: str) -> str:

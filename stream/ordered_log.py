@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from .engine import EngineState, Output, apply
+from .engine import EngineState, Output, apply, take_in
 from .errors import Rejected, SchemaViolation, Undecodable
 from .records import Cause, Event, deadletter_record, decode, parse
 from .topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
@@ -251,13 +251,19 @@ def apply_entry(state: EngineState, log_partition: int, log_offset: int, entry: 
     try:
         event = parse(topic, obj)
     except Exception as error:
+        if not take_in(state, topic, src_partition, src_offset):
+            return []
         return _not_applied(log_partition, topic, src_partition, src_offset, obj, error)
     return apply_parsed(state, log_partition, Parsed(topic, src_partition, src_offset, obj, event))
 
 
 def apply_parsed(state: EngineState, log_partition: int, parsed: Parsed) -> list[Output]:
     """Apply one entry whose input is already parsed (the worker's router parsed it): the
-    outputs :func:`apply_entry` gives for the entry the router wrote for ``parsed``."""
+    outputs :func:`apply_entry` gives for the entry the router wrote for ``parsed``. A
+    copy of an input this log partition has taken in before (re-forwarded by a router
+    after a crash) is skipped whole (:func:`stream.engine.take_in`)."""
+    if not take_in(state, parsed.topic, parsed.partition, parsed.offset):
+        return []
     try:
         cause = Cause(parsed.topic, parsed.partition, parsed.offset, parsed.event.event_id)
         _, outputs = apply(state, parsed.event, cause, parsed.value)

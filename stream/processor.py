@@ -64,6 +64,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.abc import ConsumerRebalanceListener
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
 from . import durable
@@ -213,12 +214,34 @@ def undelivered_log_record(future) -> None:
         os._exit(EXIT_FAILED)
 
 
+class _Revocations(ConsumerRebalanceListener):
+    """The router consumer's rebalance listener: counts revocations (see :meth:`Router.retire`)."""
+
+    def __init__(self, router: "Router"):
+        self.router = router
+
+    async def on_partitions_revoked(self, revoked) -> None:  # noqa: ARG002
+        """Commit what was delivered while the partitions are still this router's, then
+        void every offset fetched before now (see :meth:`Router.retire`)."""
+        router = self.router
+        delivered, router.delivered = router.delivered, {}
+        router.generation += 1
+        if delivered and router.consumer_ is not None:
+            await router.commit(router.consumer_, delivered)
+
+    async def on_partitions_assigned(self, assigned) -> None:  # noqa: ARG002
+        pass
+
+
 class Router:
     """Input topics -> ``margin.log`` records and dead letters; see the module docstring."""
 
     def __init__(self, app: faust.App, settings: Settings, stats: Stats, engine: "Engine"):
         self.app, self.settings, self.stats, self.engine = app, settings, stats, engine
         self.names = {settings.topic(t): t for t in INPUT_TOPICS}
+        self.generation = 0  # bumped whenever the router group revokes partitions from this router
+        self.delivered: dict = {}  # input offsets of acknowledged batches, not yet committed
+        self.consumer_ = None  # the router's consumer, once started
         self.log_name = settings.topic(LOG)
         self.deadletter_name = settings.topic(DEADLETTER)
 
@@ -226,8 +249,7 @@ class Router:
         from aiokafka import AIOKafkaConsumer
 
         s = self.settings
-        return AIOKafkaConsumer(
-            *self.names,
+        consumer = AIOKafkaConsumer(
             **client_kwargs(s),
             group_id=f"{s.app_id}-router",
             enable_auto_commit=False,
@@ -239,6 +261,8 @@ class Router:
             request_timeout_ms=int(s.request_timeout_s * 1000),
             max_partition_fetch_bytes=2 * s.log_record_max_bytes,
         )
+        consumer.subscribe(sorted(self.names), listener=_Revocations(self))
+        return consumer
 
     def merged(self, batch: dict) -> list[tuple[str, int, int, bytes | None]]:
         """One fetch as ``(topic, partition, offset, raw)`` in broker-timestamp order
@@ -251,7 +275,7 @@ class Router:
         batches in flight are retired in order by :meth:`retire` as their sends are
         acknowledged (at most ``persist_queue_max`` of them: back-pressure)."""
         s = self.settings
-        consumer = self.consumer()
+        consumer = self.consumer_ = self.consumer()
         await consumer.start()
         producer = self.app.producer
         log.info("router: consuming %s as group %s-router", sorted(self.names), s.app_id)
@@ -259,6 +283,7 @@ class Router:
         retiring = asyncio.ensure_future(guarded("router", self.retire, consumer, in_flight))
         try:
             while True:
+                generation = self.generation  # read before the fetch: a revocation during it voids its offsets
                 batch = await consumer.getmany(timeout_ms=1000, max_records=s.router_batch_max)
                 batch = {tp: records for tp, records in batch.items() if records}
                 if not batch:
@@ -275,7 +300,7 @@ class Router:
                 offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
                 self.stats.routed += len(messages)
                 self.stats.rejected += len(dead)
-                await in_flight.put((sent, dead_sent, offsets))
+                await in_flight.put((sent, dead_sent, offsets, generation))
         finally:
             retiring.cancel()
 
@@ -284,20 +309,30 @@ class Router:
         record to this worker's engine (:meth:`Engine.handoff`: applied at once if the
         engine owns its partition and is at its offset, instead of waiting to fetch it
         back from the log), then commit their input offsets (at most every
-        ``commit_interval_s`` while busy, at once when idle)."""
-        delivered: dict = {}  # offsets of acknowledged batches, not yet committed
+        ``commit_interval_s`` while busy, at once when idle).
+
+        Offsets fetched before the group last revoked partitions from this router are
+        never committed: the partition may have been forwarded further by another router
+        since, and committing the older offset would move the group back (the inputs
+        after it would all be forwarded again). What was delivered before a revocation is
+        committed by the rebalance listener while the partitions are still this router's."""
         last_commit = time.monotonic()
         while True:
             item = await in_flight.get()
             if item is not None:
-                sent, dead_sent, offsets = item
+                sent, dead_sent, offsets, fetched_in = item
                 await confirm([f for f, _p, _parsed in sent] + dead_sent, "log records")
                 if self.engine.handoff([(p, f.result().offset, parsed) for f, p, parsed in sent]):
                     await self.engine.boundary()
-                delivered.update(offsets)
+                if fetched_in == self.generation:
+                    self.delivered.update(offsets)
             now = time.monotonic()
-            if delivered and (item is None or now - last_commit >= self.settings.commit_interval_s):
-                delivered, last_commit = await self.commit(consumer, delivered), now
+            if self.delivered and (item is None or now - last_commit >= self.settings.commit_interval_s):
+                pending, self.delivered, generation = self.delivered, {}, self.generation
+                left = await self.commit(consumer, pending)
+                if left and generation == self.generation:  # retry later, unless a revocation voided them
+                    self.delivered = {**left, **self.delivered}
+                last_commit = now
 
     @staticmethod
     async def commit(consumer, offsets: dict) -> dict:

@@ -28,6 +28,7 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 
 import orjson
@@ -162,8 +163,8 @@ def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys):
     with capsys.disabled():
         print(f"\ncrash test: {published} input events, {log_entries} log entries in {len(log_records)} records, "
               f"kills {kills} ({sum(kills.values())} in all, {cluster.started} worker starts), "
-              f"{len(outputs)} distinct records published, {len(replayed)} recomputed by replay; "
-              f"replay tool exit {proc.returncode}")
+              f"{len(outputs)} distinct records published ({_breakdown(outputs)}), {len(replayed)} recomputed by "
+              f"replay; replay tool exit {proc.returncode}")
     assert published >= EVENTS and sum(kills.values()) >= KILLS and all(kills.values())
     assert routed == cluster.published_sources(), "inputs missing from the log and the dead letters"
     assert set(outputs) == set(replayed)
@@ -174,6 +175,14 @@ def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys):
         got = comparable_rows(rows.get(partition, {}).items())
         assert got == expected, f"partition {partition}"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _breakdown(outputs: dict[str, dict]) -> str:
+    """Published records per topic, dead letters per reason."""
+    topics = Counter(record["_topic"] for record in outputs.values())
+    reasons = Counter(record["reason"] for record in outputs.values() if record["_topic"].endswith("margin.deadletter"))
+    return ", ".join([f"{n} {topic}" for topic, n in sorted(topics.items())] +
+                     [f"{n} {reason}" for reason, n in sorted(reasons.items())])
 
 
 def test_scenario_is_large_enough():
