@@ -131,6 +131,34 @@ def merge_inputs(
     return [(topic, p, o, raw) for _ts, _i, p, o, topic, raw in heapq.merge(*keyed, key=lambda m: m[:4])]
 
 
+def release(held: dict[Any, list], lagging: dict[Any, int | None], timestamp=lambda r: r.timestamp) -> dict[Any, int]:
+    """How many of each input partition's held records the router may forward now, in
+    broker-timestamp order across partitions even while some partitions are behind.
+
+    ``held``: per input partition, the records fetched and not yet forwarded, in offset
+    order. ``lagging``: the partitions with more records in the broker than fetched, each
+    with the timestamp of the last record fetched from it (None: none fetched yet). Such a
+    partition's next records may be older than what others delivered, so nothing newer
+    than the oldest of those timestamps is released: under a backlog a tick or a
+    settlement published after a run of fills is not forwarded before the fills (which
+    would meet a clock or a settlement from their future). A partition's records are
+    released in its own order: a prefix, up to its first record beyond the bound."""
+    bounds = [ts if ts is not None else -1 for ts in lagging.values()]
+    bound = min(bounds) if bounds else None
+    counts = {}
+    for key, records in held.items():
+        n = 0
+        if bound is None:
+            n = len(records)
+        else:
+            for record in records:
+                if (timestamp(record) or 0) > bound:
+                    break
+                n += 1
+        counts[key] = n
+    return counts
+
+
 class RecordBuilder:
     """Collects routed entries per log partition and cuts them into records of at most
     ``max_record_bytes`` (a single larger entry gets a record of its own). Each record

@@ -70,7 +70,7 @@ from faust.streams import _current_event  # the task-local "current event" table
 from . import durable
 from .engine import EngineState, row_order
 from .kafka import client_kwargs, ssl_context
-from .ordered_log import Parsed, apply_parsed, apply_record_entries, merge_inputs, route_batch_parsed
+from .ordered_log import Parsed, apply_parsed, apply_record_entries, merge_inputs, release, route_batch_parsed
 from .outbox import Outbox
 from .settings import Settings
 from .topics import DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS
@@ -241,6 +241,8 @@ class Router:
         self.names = {settings.topic(t): t for t in INPUT_TOPICS}
         self.generation = 0  # bumped whenever the router group revokes partitions from this router
         self.delivered: dict = {}  # input offsets of acknowledged batches, not yet committed
+        self.held: dict = {}  # per input partition: records fetched, not yet forwarded (see releasable)
+        self.fetched: dict = {}  # per input partition: (offset after, timestamp of) the last record fetched
         self.consumer_ = None  # the router's consumer, once started
         self.log_name = settings.topic(LOG)
         self.deadletter_name = settings.topic(DEADLETTER)
@@ -264,6 +266,34 @@ class Router:
         consumer.subscribe(sorted(self.names), listener=_Revocations(self))
         return consumer
 
+    @staticmethod
+    async def rewind_to_committed(consumer) -> None:
+        """Seek every assigned partition back to the group's committed offset (the earliest
+        one where none is committed): what was fetched and not forwarded is fetched again."""
+        for tp in consumer.assignment():
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+
+    def releasable(self, consumer) -> dict:
+        """Take from the held records what may be forwarded now (:func:`release`): a
+        partition is behind while the broker's high watermark is beyond what was fetched."""
+        lagging = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            got = self.fetched.get(tp)
+            if highwater is not None and got is not None and got[0] < highwater:
+                lagging[tp] = got[1]
+        counts = release(self.held, lagging)
+        batch = {}
+        for tp, n in counts.items():
+            if n:
+                batch[tp], self.held[tp] = self.held[tp][:n], self.held[tp][n:]
+        self.held = {tp: records for tp, records in self.held.items() if records}
+        return batch
+
     def merged(self, batch: dict) -> list[tuple[str, int, int, bytes | None]]:
         """One fetch as ``(topic, partition, offset, raw)`` in broker-timestamp order
         (:func:`stream.ordered_log.merge_inputs`)."""
@@ -282,12 +312,25 @@ class Router:
         in_flight: asyncio.Queue = asyncio.Queue(maxsize=s.persist_queue_max)
         retiring = asyncio.ensure_future(guarded("router", self.retire, consumer, in_flight))
         try:
+            held_in = self.generation
             while True:
+                if held_in != self.generation:  # a rebalance: drop what is held, start over from the group's offsets
+                    self.held, self.fetched, held_in = {}, {}, self.generation
+                    await self.rewind_to_committed(consumer)
+                    continue
                 generation = self.generation  # read before the fetch: a revocation during it voids its offsets
-                batch = await consumer.getmany(timeout_ms=1000, max_records=s.router_batch_max)
-                batch = {tp: records for tp, records in batch.items() if records}
+                fetched = await consumer.getmany(timeout_ms=1000 if not self.held else 50,
+                                                 max_records=s.router_batch_max)
+                if generation != self.generation:
+                    continue
+                for tp, records in fetched.items():
+                    if records:
+                        self.held.setdefault(tp, []).extend(records)
+                        self.fetched[tp] = (records[-1].offset + 1, records[-1].timestamp or 0)
+                batch = self.releasable(consumer)
                 if not batch:
-                    await in_flight.put(None)  # idle: commit what is delivered now
+                    if not self.held:
+                        await in_flight.put(None)  # idle: commit what is delivered now
                     continue
                 messages = self.merged(batch)
                 records, dead = route_batch_parsed(messages, s.partitions, s.max_message_bytes, s.log_record_max_bytes)
