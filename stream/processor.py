@@ -6,7 +6,9 @@ One worker process runs two stages:
 ``margin.log``: fills and collateral movements to the log partition of their account,
 listings, flashes, settlements and ticks to *every* partition, so each log partition is one
 total order of the events that concern its accounts. What is invalid on its own
-(undecodable, oversized, schema-invalid) goes to ``margin.deadletter``. It is stateless and
+(undecodable, oversized, schema-invalid) goes to ``margin.deadletter``. It forwards in
+broker-timestamp order across its partitions, holding back what is newer than a partition
+still behind (:func:`stream.ordered_log.release`). It is stateless and
 batched: one fetch of inputs becomes one log *record* per log partition (see
 :mod:`stream.ordered_log`), and the input offsets are committed only after every record
 and dead letter of the batch is acknowledged. It is a plain aiokafka consumer in its own
