@@ -59,7 +59,6 @@ import signal
 import time
 import types
 import weakref
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
