@@ -188,10 +188,6 @@ class RecordBuilder:
         self.open, self.records = {}, []
         return records
 
-    def finish(self) -> list[tuple[int, bytes]]:
-        """Every record, ``(log partition, record)`` (see :meth:`finish_parsed`)."""
-        return [(p, record) for p, record, _inputs in self.finish_parsed()]
-
 
 def route_batch_parsed(
     messages: Iterable[tuple[str, int, int, bytes | None]], log_partitions: int, max_bytes: int, max_record_bytes: int

@@ -156,7 +156,7 @@ def test_a_single_entry_larger_than_the_limit_alone_would_still_get_a_record():
     builder.add([0], b"x" * 10)
     builder.add([0], b"y" * 150)
     builder.add([0], b"z" * 10)
-    assert [len(record_entries_raw(r)) for _p, r in builder.finish()] == [1, 1, 1]
+    assert [len(record_entries_raw(r)) for _p, r, _inputs in builder.finish_parsed()] == [1, 1, 1]
 
 
 def record_entries_raw(record: bytes) -> list[bytes]:
