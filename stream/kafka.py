@@ -140,7 +140,7 @@ async def read_topic(
         consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None)
         await consumer.start()
         try:
-            tps = await _assign(consumer, name)
+            tps = await _assign(consumer, name, settings)
             if not tps:
                 return
             for tp in tps:
@@ -172,15 +172,25 @@ async def read_topic(
             await consumer.stop()
 
 
-async def _assign(consumer: AIOKafkaConsumer, name: str) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(name)
-    deadline = time.monotonic() + 10
-    while not partitions and time.monotonic() < deadline:
-        await consumer.force_metadata_update()
-        partitions = consumer.partitions_for_topic(name)
-        if not partitions:
-            await asyncio.sleep(0.2)
-    tps = [TopicPartition(name, p) for p in sorted(partitions or ())]
+async def _assign(consumer: AIOKafkaConsumer, name: str, settings: Settings) -> list[TopicPartition]:
+    """Assign every partition of topic ``name``; none (an empty list) when it does not exist.
+
+    The partitions come from the admin client's metadata request for the topic: a new
+    consumer knows no topic until it subscribes (Apache Kafka answers its bootstrap
+    metadata request with no topics), and ``partitions_for_topic`` never asks the broker."""
+    partitions = await topic_partitions(settings, name)
+    tps = [TopicPartition(name, p) for p in partitions]
     if tps:
         consumer.assign(tps)
     return tps
+
+
+async def topic_partitions(settings: Settings, name: str, timeout_s: float = 10.0) -> list[int]:
+    """The partition numbers of topic ``name`` (an empty list when it does not exist)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([name])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for t in described if t.get("error_code", 0) == 0 for p in t.get("partitions", ()))
