@@ -37,6 +37,23 @@ def load_example(name: str):
     return orjson.loads((EXAMPLES / name).read_bytes())
 
 
+@pytest.fixture(scope="session", params=None)
+def broker(request):
+    """Bootstrap servers of a running broker; every test that uses it runs once per broker
+    of ``broker_kinds()`` (the embedded Tansu and a real Apache Kafka by default)."""
+    from .streaming_support import start_broker
+
+    with start_broker(request.param) as servers:
+        yield servers
+
+
+def pytest_generate_tests(metafunc):
+    if "broker" in metafunc.fixturenames:
+        from .streaming_support import broker_kinds
+
+        metafunc.parametrize("broker", broker_kinds(), indirect=True, scope="session")
+
+
 @pytest.fixture
 def tsla() -> dict:
     return copy.deepcopy(TSLA)

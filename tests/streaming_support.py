@@ -1,7 +1,8 @@
 """Helpers for the integration tests: a real broker, real worker processes, real topics.
 
-The broker is, in order of preference: ``KAFKA_BOOTSTRAP_SERVERS`` when set, a
-testcontainers Kafka when a Docker daemon answers, else the embedded Tansu broker.
+Every integration test runs on each broker of :func:`broker_kinds` (the ``broker``
+fixture of ``conftest.py``): the embedded Tansu and a real Apache Kafka, or only the broker
+``KAFKA_BOOTSTRAP_SERVERS`` names when it is set.
 Every test gets its own topic prefix and consumer group, so tests never see each other.
 """
 
@@ -25,9 +26,9 @@ from stream.cli_stream import start_worker_process, stop_process
 from stream.demo import publish_phases, wait_until
 from stream.engine import EngineState
 from stream.kafka import ensure_topics, read_topic
-from stream.ordered_log import entry_source, record_entries, replay
+from stream.ordered_log import entry_source, record_entries, record_positions, replay
 from stream.settings import Settings
-from stream.topics import CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
+from stream.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
 
 
 def docker_available() -> bool:
@@ -40,20 +41,52 @@ def docker_available() -> bool:
         return False
 
 
-@contextmanager
-def kafka_bootstrap() -> Iterator[str]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    elif docker_available():
-        from testcontainers.kafka import KafkaContainer
+def broker_kinds() -> list[str]:
+    """The brokers the integration suite runs on: the one ``KAFKA_BOOTSTRAP_SERVERS``
+    names when it is set, else the embedded Tansu and a real Apache Kafka."""
+    return ["external"] if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else ["embedded", "kafka"]
 
-        with KafkaContainer().with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
-    else:
+
+@contextmanager
+def start_broker(kind: str) -> Iterator[str]:
+    """Bootstrap servers of a broker of ``kind`` (:func:`broker_kinds`), stopped afterwards.
+
+    ``kafka`` is a testcontainers Kafka when a Docker daemon answers, else Apache Kafka's
+    own jars run by ``stream.kafka_broker`` (fetched with Maven once, then cached). Where
+    neither Java nor Maven is installed the real-Kafka cases are skipped with the reason --
+    except under CI (``CI=true``), where a real-Kafka case that cannot start fails."""
+    import pytest
+
+    if kind == "external":
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    elif kind == "embedded":
         from stream.broker import EmbeddedBroker
 
         with EmbeddedBroker() as broker:
             yield broker.bootstrap
+    elif docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        from stream.kafka_broker import KAFKA_VERSION
+
+        with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+    else:
+        from stream.kafka_broker import KafkaBrokerError, KafkaCluster, cached, missing_tools
+
+        missing = missing_tools(need_maven=not cached())
+        if missing:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"real Kafka cannot start under CI: {missing}")
+            pytest.skip(f"real Kafka: {missing}")
+        try:
+            cluster = KafkaCluster().start()
+        except KafkaBrokerError as exc:
+            pytest.fail(f"real Kafka did not start: {exc}")
+        try:
+            yield cluster.bootstrap
+        finally:
+            cluster.stop()
 
 
 def fresh_settings(bootstrap: str, tmp: Path, **overrides) -> Settings:
@@ -204,22 +237,41 @@ class Cluster:
         return ends
 
     def wait_consumed(self, timeout_s: float = 90.0) -> None:
-        """Wait until the router's group has committed every input (it commits only after
-        the log records are acknowledged) and then the processor's group every log record
-        (committed only once the batch's outputs, rows and meta row are durable)."""
-        router_group = f"{self.settings.app_id}-router"
+        """Wait until the log has taken in every input -- each log partition's last record
+        says its router is past the end of every input partition it reads -- and then the
+        processor's group has committed every log record (committed only once the batch's
+        outputs, rows and meta row are durable)."""
         deadline = time.monotonic() + timeout_s
         while True:
             self.assert_alive()
-            behind = self.behind(list(INPUT_TOPICS), router_group)
-            if not behind:  # the log is read after the inputs are committed: it holds them all
+            behind = self.routing_behind()
+            if not behind:  # the log is read after the inputs are taken in: it holds them all
                 behind = self.behind([LOG], self.settings.app_id)
             if not behind:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for the workers to consume everything: "
-                                     f"(committed, end) {behind}\n{self.logs()}")
+                                     f"(consumed, end) {behind}\n{self.logs()}")
             time.sleep(0.5)  # polling interval between two reads of the broker
+
+    def routing_behind(self) -> dict:
+        """``(log partition, input topic, partition) -> (router position, end)`` for every
+        input a log partition's router has not taken in yet (positions from its last record)."""
+        ends = self.ends(list(INPUT_TOPICS))
+        positions: dict[int, dict] = {}
+        for p, _o, value in self.read(LOG, idle_s=1.0):
+            got = record_positions(value)
+            if got is not None:
+                positions[p] = got
+        behind = {}
+        for p in range(self.settings.partitions):
+            for (topic, q), end in ends.items():
+                if topic in ACCOUNT_TOPICS and q != p:
+                    continue
+                at = positions.get(p, {}).get((topic, q), 0)
+                if at < end:
+                    behind[(p, topic, q)] = (at, end)
+        return behind
 
     def behind(self, topics: list[str], group: str) -> dict[tuple[str, int], tuple[int, int]]:
         """``(committed, end)`` of the partitions of ``topics`` the group has not consumed."""
@@ -292,4 +344,5 @@ def run_phases_and_settle(cluster: Cluster, phases: list[dict]) -> dict[str, dic
     return cluster.settle()
 
 
-__all__ = ["Cluster", "by_account", "fresh_settings", "kafka_bootstrap", "run_phases_and_settle", "wait_until"]
+__all__ = ["Cluster", "broker_kinds", "by_account", "fresh_settings", "run_phases_and_settle",
+           "start_broker", "wait_until"]

@@ -20,7 +20,7 @@ from stream.kafka import publish
 from stream.timeutil import parse_time_us
 from stream.topics import CALLS, COLLATERAL, FILLS, LOG, REQUIREMENTS
 
-from .streaming_support import Cluster, fresh_settings, kafka_bootstrap, run_phases_and_settle
+from .streaming_support import Cluster, fresh_settings, run_phases_and_settle
 from .test_streaming import all_final
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -31,9 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def bootstrap():
-    with kafka_bootstrap() as servers:
-        yield servers
+def bootstrap(broker):
+    return broker
 
 
 def cli(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.engine import EngineState
-from stream.ordered_log import apply_record, route_batch
+from stream.ordered_log import apply_record, home_partition, route_batch
 from stream.topics import COLLATERAL, DEADLETTER, FILLS, FLASH, INPUT_TOPICS, LISTINGS, SETTLEMENTS, TICKS
 
 from .conftest import TSLA, load_example
@@ -57,11 +57,18 @@ class OfflineProcessor:
         self.log_offsets = {p: itertools.count() for p in range(partitions)}
 
     def feed(self, topic: str, raw: bytes) -> list:
-        records, outputs = route_batch([(topic, 0, next(self.offsets[topic]), raw)], self.partitions, MAX_BYTES,
-                                       RECORD_BYTES)
+        """Route and apply one message, published to the partition its key gives (keyed as SPEC §4 says)."""
+        records, outputs = route_batch([(topic, self.partition(topic, raw), next(self.offsets[topic]), raw)],
+                                       self.partitions, MAX_BYTES, RECORD_BYTES)
         for p, record in records:
             outputs.extend(apply_record(self.states[p], p, next(self.log_offsets[p]), record))
         return outputs
+
+    def partition(self, topic: str, raw: bytes) -> int:
+        try:
+            return home_partition(topic, orjson.loads(raw), self.partitions)
+        except orjson.JSONDecodeError:
+            return 0
 
     def feed_obj(self, topic: str, obj: dict) -> list:
         outputs = self.feed(topic, orjson.dumps(obj))
@@ -113,7 +120,8 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_changes_nothing(i
     assert proc.snapshot() == before
     # a re-forwarded copy (same source offset) is skipped, not rejected again
     offset = record["source"]["offset"]
-    again, _dead = route_batch([(item["topic"], 0, offset, raw_bytes(item))], proc.partitions, MAX_BYTES, RECORD_BYTES)
+    again, _dead = route_batch([(item["topic"], record["source"]["partition"], offset, raw_bytes(item))], proc.partitions,
+                               MAX_BYTES, RECORD_BYTES)
     assert [out for p, rec in again for out in apply_record(proc.states[p], p, next(proc.log_offsets[p]), rec)] == []
     # the partition keeps flowing: a valid event right after is applied
     good = proc.feed(COLLATERAL, orjson.dumps({"movement_id": "OK", "account_id": "ACME", "amount": "1.00", "ts": "2026-04-06T00:00:00Z"}))
@@ -196,36 +204,35 @@ def test_the_same_fill_many_times_counts_once():
 # --------------------------------------------------------------------------- on a broker
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_corpus_through_a_real_worker(tmp_path):
+def test_corpus_through_a_real_worker(tmp_path, broker):
     from stream.kafka import publish
 
-    from .streaming_support import Cluster, fresh_settings, kafka_bootstrap
+    from .streaming_support import Cluster, fresh_settings
 
-    with kafka_bootstrap() as bootstrap:
-        cluster = Cluster(fresh_settings(bootstrap, tmp_path, max_message_bytes=MAX_BYTES), tmp_path)
-        cluster.start_worker()
-        try:
-            setup = [
-                {"title": "listings", "topic": LISTINGS, "messages": [TSLA, load_example("web_listing.json"), SETTLED]},
-                {"title": "settle the old one", "topic": SETTLEMENTS, "messages": [{"contract_id": SETTLED["contract_id"], "value": 120, "ts": "2026-04-01T00:00:00Z"}]},
-                {"title": "tick", "topic": TICKS, "messages": [{"ts": "2026-04-05T00:00:00Z"}]},
-                {"title": "flash", "topic": FLASH, "messages": [{"contract_id": TSLA["contract_id"], "as_of": "2026-04-05T00:00:00Z", "value": 415000, "coverage": 0.1}]},
-                {"title": "fill", "topic": FILLS, "messages": [{"trade_id": "T-1", "account_id": "ACME", "contract_id": TSLA["contract_id"], "side": "BUY", "price": 460000, "notional": 10000, "ts": "2026-04-05T00:00:00Z"}]},
-                {"title": "deposit", "topic": COLLATERAL, "messages": [{"movement_id": "M-1", "account_id": "ACME", "amount": "6000.00", "ts": "2026-04-05T00:00:00Z"}]},
-            ]
-            cluster.publish(setup)
-            for topic in INPUT_TOPICS:
-                asyncio.run(publish(cluster.settings, topic, [raw_bytes(i) for i in CORPUS if i["topic"] == topic], skip_blank=False))
-            cluster.publish([{"title": "a good deposit after it all", "topic": COLLATERAL, "messages": [
-                {"movement_id": "OK", "account_id": "ACME", "amount": "1.00", "ts": "2026-04-06T00:00:00Z"}]}])
+    cluster = Cluster(fresh_settings(broker, tmp_path, max_message_bytes=MAX_BYTES), tmp_path)
+    cluster.start_worker()
+    try:
+        setup = [
+            {"title": "listings", "topic": LISTINGS, "messages": [TSLA, load_example("web_listing.json"), SETTLED]},
+            {"title": "settle the old one", "topic": SETTLEMENTS, "messages": [{"contract_id": SETTLED["contract_id"], "value": 120, "ts": "2026-04-01T00:00:00Z"}]},
+            {"title": "tick", "topic": TICKS, "messages": [{"ts": "2026-04-05T00:00:00Z"}]},
+            {"title": "flash", "topic": FLASH, "messages": [{"contract_id": TSLA["contract_id"], "as_of": "2026-04-05T00:00:00Z", "value": 415000, "coverage": 0.1}]},
+            {"title": "fill", "topic": FILLS, "messages": [{"trade_id": "T-1", "account_id": "ACME", "contract_id": TSLA["contract_id"], "side": "BUY", "price": 460000, "notional": 10000, "ts": "2026-04-05T00:00:00Z"}]},
+            {"title": "deposit", "topic": COLLATERAL, "messages": [{"movement_id": "M-1", "account_id": "ACME", "amount": "6000.00", "ts": "2026-04-05T00:00:00Z"}]},
+        ]
+        cluster.publish(setup)
+        for topic in INPUT_TOPICS:
+            asyncio.run(publish(cluster.settings, topic, [raw_bytes(i) for i in CORPUS if i["topic"] == topic], skip_blank=False))
+        cluster.publish([{"title": "a good deposit after it all", "topic": COLLATERAL, "messages": [
+            {"movement_id": "OK", "account_id": "ACME", "amount": "1.00", "ts": "2026-04-06T00:00:00Z"}]}])
 
-            def done(outputs):
-                dead = [r for r in outputs.values() if r["_topic"] == DEADLETTER]
-                ok = any(r["_topic"] != DEADLETTER and r["cause"]["id"] == "OK" for r in outputs.values())
-                return len(dead) >= len(CORPUS) and ok
+        def done(outputs):
+            dead = [r for r in outputs.values() if r["_topic"] == DEADLETTER]
+            ok = any(r["_topic"] != DEADLETTER and r["cause"]["id"] == "OK" for r in outputs.values())
+            return len(dead) >= len(CORPUS) and ok
 
-            outputs = cluster.wait_for_outputs(done, what="the corpus in the dead-letter topic")
-        finally:
-            cluster.stop()
+        outputs = cluster.wait_for_outputs(done, what="the corpus in the dead-letter topic")
+    finally:
+        cluster.stop()
     dead = sorted((r["source"]["topic"], r["reason"]) for r in outputs.values() if r["_topic"] == DEADLETTER)
     assert dead == sorted((i["topic"], i["reason"]) for i in CORPUS)

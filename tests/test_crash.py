@@ -38,7 +38,7 @@ from stream.ordered_log import record_entries
 from stream.topics import COLLATERAL, FILLS, FLASH, LISTINGS, TICKS
 
 from .conftest import TSLA, comparable_rows, load_example
-from .streaming_support import Cluster, fresh_settings, kafka_bootstrap
+from .streaming_support import Cluster, fresh_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -141,23 +141,22 @@ def storm(cluster: Cluster, pieces: list, kills: int, rnd: random.Random) -> dic
     return done
 
 
-def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys):
+def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys, broker):
     phases = scenario(EVENTS)
     pieces = chunked(phases, KILLS)
-    with kafka_bootstrap() as bootstrap:
-        cluster = Cluster(fresh_settings(bootstrap, tmp_path, batch_max=20), tmp_path)
-        try:
-            kills = storm(cluster, pieces, KILLS, random.Random(11))
-            cluster.start_worker()  # the survivor finishes the log
-            outputs = cluster.settle(timeout_s=600)
-            replayed, states = cluster.replayed()
-            rows = cluster.table_rows()
-            log_records = cluster.read("margin.log", idle_s=2.0)
-            routed = cluster.routed_sources()
-            proc = subprocess.run([sys.executable, "-m", "stream", "replay"], env={**os.environ, **cluster.settings.env()},
-                                  capture_output=True, text=True, timeout=900)
-        finally:
-            cluster.stop()
+    cluster = Cluster(fresh_settings(broker, tmp_path, batch_max=20), tmp_path)
+    try:
+        kills = storm(cluster, pieces, KILLS, random.Random(11))
+        cluster.start_worker()  # the survivor finishes the log
+        outputs = cluster.settle(timeout_s=600)
+        replayed, states = cluster.replayed()
+        rows = cluster.table_rows()
+        log_records = cluster.read("margin.log", idle_s=2.0)
+        routed = cluster.routed_sources()
+        proc = subprocess.run([sys.executable, "-m", "stream", "replay"], env={**os.environ, **cluster.settings.env()},
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        cluster.stop()
     published = sum(len(p["messages"]) for p in phases)
     log_entries = sum(len(record_entries(value)) for _p, _o, value in log_records)
     with capsys.disabled():

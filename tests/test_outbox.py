@@ -13,7 +13,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream.outbox import Outbox
 
-from .streaming_support import kafka_bootstrap
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -21,9 +20,8 @@ PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")
-def bootstrap():
-    with kafka_bootstrap() as servers:
-        yield servers
+def bootstrap(broker):
+    return broker
 
 
 async def _topic(bootstrap: str) -> str:

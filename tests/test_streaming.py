@@ -19,7 +19,7 @@ from stream.kafka import log_partition
 from stream.topics import CALLS, DEADLETTER, FLASH, LOG, REQUIREMENTS, TICKS
 
 from .conftest import comparable_rows
-from .streaming_support import Cluster, by_account, fresh_settings, kafka_bootstrap, run_phases_and_settle
+from .streaming_support import Cluster, by_account, fresh_settings, run_phases_and_settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -29,9 +29,8 @@ ACCOUNTS = scenario_accounts(PHASES)
 
 
 @pytest.fixture(scope="module")
-def bootstrap():
-    with kafka_bootstrap() as servers:
-        yield servers
+def bootstrap(broker):
+    return broker
 
 
 def all_final(outputs: dict[str, dict]) -> bool:
