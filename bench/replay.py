@@ -31,7 +31,7 @@ import orjson
 
 import stream
 from stream.audit import Record, as_records, log_entries, recompute, run_replay
-from stream.ordered_log import replay, route_batch
+from stream.ordered_log import home_partition, replay, route_batch
 from stream.topics import CALLS, COLLATERAL, FILLS, FLASH, LISTINGS, LOG, REQUIREMENTS, TICKS
 
 EXAMPLES = Path(stream.__file__).resolve().parent / "examples"
@@ -91,7 +91,7 @@ def route_log(msgs: list[tuple[str, dict]], batch: int) -> list[tuple[int, int, 
     inputs = []
     for topic, message in msgs:
         offsets[topic] = offsets.get(topic, -1) + 1
-        inputs.append((topic, 0, offsets[topic], orjson.dumps(message)))
+        inputs.append((topic, home_partition(topic, message, PARTITIONS), offsets[topic], orjson.dumps(message)))
     log, next_offset = [], [0] * PARTITIONS
     for i in range(0, len(inputs), batch):
         for p, record in route_batch(inputs[i:i + batch], PARTITIONS, 131_072, 524_288)[0]:

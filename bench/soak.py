@@ -50,7 +50,7 @@ def rss_mb(pid: int) -> float:
 
 async def lags(settings: Settings, published: int) -> tuple[int, int]:
     """(router lag in input messages, engine lag in log records)."""
-    from stream.topics import INPUT_TOPICS
+    from stream.topics import ACCOUNT_TOPICS
 
     async def committed(group: str, topics: list[str]) -> int:
         consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=group, enable_auto_commit=False)
@@ -68,7 +68,12 @@ async def lags(settings: Settings, published: int) -> tuple[int, int]:
         log_end = sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
-    routed = await committed(f"{settings.app_id}-router", list(INPUT_TOPICS))
+    from stream.router import last_positions
+
+    routed = 0  # inputs the log has taken in: the account topics' positions, plus the listings and ticks once
+    for p in range(settings.partitions):
+        positions = await last_positions(settings, p)
+        routed += sum(o for (t, q), o in positions.items() if t in ACCOUNT_TOPICS or p == 0)
     applied = await committed(settings.app_id, [LOG])
     return published - routed, log_end - applied
 

@@ -857,19 +857,20 @@ def plot_report(requirements: list[dict], calls: list[dict], account_id: str, ou
 # =========================================================================== offline logs
 def route_offline(messages: Iterable[tuple[str, dict]], partitions: int) -> list[tuple[int, int, bytes]]:
     """A ``margin.log`` built in memory from ``(topic, message)`` pairs, routed as the
-    router does (account events to their account's partition, the others to every
-    partition; each source topic one partition with increasing offsets), one entry per
+    router does (account events to their account's partition, from the input partition
+    their key gives; the others to every partition, from partition 0), one entry per
     record. For tests and benchmarks; returns ``(log partition, log offset, record)`` in
     log order."""
-    from .ordered_log import encode_entry, log_partition
+    from .ordered_log import encode_entry, home_partition
 
     source_offsets: dict[str, int] = {}
     log_offsets = [0] * partitions
     records = []
     for topic, message in messages:
         src_offset = source_offsets[topic] = source_offsets.get(topic, -1) + 1
-        raw = encode_record([encode_entry(topic, 0, src_offset, message)])
-        targets = [log_partition(message["account_id"], partitions)] if topic in ACCOUNT_TOPICS else range(partitions)
+        home = home_partition(topic, message, partitions)
+        raw = encode_record([encode_entry(topic, home, src_offset, message)])
+        targets = [home] if topic in ACCOUNT_TOPICS else range(partitions)
         for p in targets:
             records.append((p, log_offsets[p], raw))
             log_offsets[p] += 1

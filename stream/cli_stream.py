@@ -35,9 +35,15 @@ def _settings() -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .kafka import ensure_topics
     from .processor import run_worker
+    from .router import PartitionCountError, check_copartitioned
 
     settings = _settings()
     asyncio.run(ensure_topics(settings))
+    try:
+        asyncio.run(check_copartitioned(settings))
+    except PartitionCountError as exc:
+        print(f"kpimargin worker: {exc}", file=sys.stderr)
+        return 2
     run_worker(settings)
     return 0
 

@@ -73,3 +73,11 @@ class OutOfOrder(Rejected):
     """An event older than state it would replace: a stale flash, a tick back in time."""
 
     reason = "out_of_order"
+
+
+class Misrouted(Rejected):
+    """An account event on a partition other than the one Kafka's default partitioner gives
+    its ``account_id`` key: its account's state lives in another log partition, whose router
+    does not read this input partition (see :mod:`stream.partitioner`)."""
+
+    reason = "misrouted"

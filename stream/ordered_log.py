@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import heapq
 import logging
-import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import orjson
 
 from .engine import EngineState, Output, apply, take_in
-from .errors import Rejected, SchemaViolation, Undecodable
+from .errors import Misrouted, Rejected, SchemaViolation, Undecodable
+from .partitioner import default_partition
 from .records import Cause, Event, deadletter_record, decode, parse
 from .topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
 
@@ -46,14 +46,41 @@ def encode_entry(topic: str, partition: int, offset: int, value: Any) -> bytes:
     return orjson.dumps({"source": {"topic": topic, "partition": partition, "offset": offset}, "value": value})
 
 
-def encode_record(entries: Iterable[bytes]) -> bytes:
-    """One log record from encoded entries (their bytes are copied, never re-encoded)."""
-    return RECORD_HEAD + b",".join(entries) + RECORD_TAIL
+def encode_record(entries: Iterable[bytes], positions: dict[tuple[str, int], int] | None = None) -> bytes:
+    """One log record from encoded entries (their bytes are copied, never re-encoded) and,
+    from the router, where it stands in its inputs once the record is in the log (see
+    :func:`record_positions`)."""
+    body = RECORD_HEAD + b",".join(entries) + b"]"
+    if positions:
+        body += b',"next":' + orjson.dumps(sorted([t, p, o] for (t, p), o in positions.items()))
+    return body + b"}"
+
+
+def record_positions(raw: bytes | None) -> dict[tuple[str, int], int] | None:
+    """The router's input positions a log record carries: per input ``(topic, partition)``
+    the next offset to forward once this record is in the log -- the log is the router's
+    commit: a router taking over a log partition resumes where its last record says. None
+    for a record without them (written by the audit tools, or not a record)."""
+    try:
+        obj = orjson.loads(raw) if raw is not None else None
+        return {(str(t), int(p)): int(o) for t, p, o in obj["next"]}
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+        return None
 
 
 def log_partition(account_id: str, partitions: int) -> int:
-    """Stable account -> log partition map (CRC-32: the same in every process and run)."""
-    return zlib.crc32(account_id.encode()) % partitions
+    """The log partition of an account: the partition Kafka's default partitioner gives its
+    ``account_id`` key (:mod:`stream.partitioner`), so that input partition ``p`` of the
+    account topics feeds log partition ``p`` alone."""
+    return default_partition(account_id.encode(), partitions)
+
+
+def home_partition(topic: str, value: Any, partitions: int) -> int:
+    """The input partition a producer keying as SPEC §4 says gives an account event (its
+    account's log partition), 0 for anything else: where offline tools and tests put the
+    messages they route."""
+    account = value.get("account_id") if isinstance(value, dict) and topic in ACCOUNT_TOPICS else None
+    return log_partition(account, partitions) if isinstance(account, str) else 0
 
 
 def deadletter_output(topic: str, partition: int, offset: int | None, raw: bytes, error: Exception,
@@ -83,8 +110,9 @@ def route_input(
 ) -> tuple[list[int], bytes | None, Output | None]:
     """What the router does with one input message: ``(log partitions, entry, None)`` or
     ``([], None, dead-letter output)`` for what is invalid on its own (tombstone, oversized,
-    undecodable, schema-invalid). Account events go to their account's partition
-    (``crc32(account_id) % P``); listing, flash, settlement and tick events to every one.
+    undecodable, schema-invalid, misrouted). Account events go to their account's partition
+    (:func:`log_partition`), which must be the input partition they came from (else they are
+    ``misrouted``); listing, flash, settlement and tick events to every one.
     An entry that would not fit in a log record of ``max_record_bytes`` is oversized too
     (re-encoding can lengthen numbers: ``1e5`` becomes ``100000.0``)."""
     targets, entry, dead, _parsed = _route(topic, partition, offset, raw, log_partitions, max_bytes, max_record_bytes)
@@ -114,7 +142,13 @@ def _route(
         return [], None, deadletter_output(topic, partition, offset, raw or b"", error), None
     parsed = Parsed(topic, partition, offset, obj, event)
     if topic in ACCOUNT_TOPICS:
-        return [log_partition(event.account_id, log_partitions)], entry, None, parsed  # type: ignore[union-attr]
+        home = log_partition(event.account_id, log_partitions)  # type: ignore[union-attr]
+        if home != partition:
+            error = Misrouted(f"account {event.account_id!r} belongs to partition {home} (Kafka's default "  # type: ignore[union-attr]
+                              f"partitioner on the account_id key), not {partition}: publish keyed by account_id "
+                              "with the default (murmur2) partitioner", field="account_id")
+            return [], None, deadletter_output(topic, partition, offset, raw or b"", error), None
+        return [home], entry, None, parsed
     return list(range(log_partitions)), entry, None, parsed
 
 
@@ -129,34 +163,6 @@ def merge_inputs(
     keyed = [[(ts or 0, order.get(topic, len(order)), partition, offset, topic, raw) for ts, offset, raw in messages]
              for topic, partition, messages in runs]
     return [(topic, p, o, raw) for _ts, _i, p, o, topic, raw in heapq.merge(*keyed, key=lambda m: m[:4])]
-
-
-def release(held: dict[Any, list], lagging: dict[Any, int | None], timestamp=lambda r: r.timestamp) -> dict[Any, int]:
-    """How many of each input partition's held records the router may forward now, in
-    broker-timestamp order across partitions even while some partitions are behind.
-
-    ``held``: per input partition, the records fetched and not yet forwarded, in offset
-    order. ``lagging``: the partitions with more records in the broker than fetched, each
-    with the timestamp of the last record fetched from it (None: none fetched yet). Such a
-    partition's next records may be older than what others delivered, so nothing newer
-    than the oldest of those timestamps is released: under a backlog a tick or a
-    settlement published after a run of fills is not forwarded before the fills (which
-    would meet a clock or a settlement from their future). A partition's records are
-    released in its own order: a prefix, up to its first record beyond the bound."""
-    bounds = [ts if ts is not None else -1 for ts in lagging.values()]
-    bound = min(bounds) if bounds else None
-    counts = {}
-    for key, records in held.items():
-        n = 0
-        if bound is None:
-            n = len(records)
-        else:
-            for record in records:
-                if (timestamp(record) or 0) > bound:
-                    break
-                n += 1
-        counts[key] = n
-    return counts
 
 
 class RecordBuilder:

@@ -2,19 +2,12 @@
 
 One worker process runs two stages:
 
-**The router** (:class:`Router`) reads the six input topics and writes the ordered log
-``margin.log``: fills and collateral movements to the log partition of their account,
-listings, flashes, settlements and ticks to *every* partition, so each log partition is one
-total order of the events that concern its accounts. What is invalid on its own
-(undecodable, oversized, schema-invalid) goes to ``margin.deadletter``. It forwards in
-broker-timestamp order across its partitions, holding back what is newer than a partition
-still behind (:func:`stream.ordered_log.release`). It is stateless and
-batched: one fetch of inputs becomes one log *record* per log partition (see
-:mod:`stream.ordered_log`), and the input offsets are committed only after every record
-and dead letter of the batch is acknowledged. It is a plain aiokafka consumer in its own
-consumer group (``<app id>-router``), not a faust agent: faust's per-message machinery
-costs ~100 µs a message here (9-12k messages/s consumed by a bare agent against ~320k/s by
-aiokafka), and a stateless forwarder needs none of it (bench/RESULTS.md).
+**The router** (:mod:`stream.router`) writes the ordered log ``margin.log``: one task per
+log partition this worker's engine owns, reading input partition ``p`` of the account
+topics and every partition of the others, merged in broker-timestamp order, so each log
+partition is one total order of the events that concern its accounts, with one writer.
+What is invalid on its own (undecodable, oversized, schema-invalid, misrouted) goes to
+``margin.deadletter``. The log is its commit: each record says where the task stands.
 
 **The engine agent** (``apply_log``, a faust agent) reads ``margin.log`` and, per
 partition, applies each record with :func:`stream.ordered_log.apply_record` -- the same
@@ -65,41 +58,19 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.abc import ConsumerRebalanceListener
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
 from . import durable
 from .engine import EngineState, row_order
-from .kafka import client_kwargs, ssl_context
-from .ordered_log import Parsed, apply_parsed, apply_record_entries, merge_inputs, release, route_batch_parsed
+from .kafka import ssl_context
+from .lifecycle import confirm, guarded
+from .ordered_log import Parsed, apply_parsed, apply_record_entries
 from .outbox import Outbox
+from .router import Router
 from .settings import Settings
-from .topics import DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS
+from .topics import LOG, OUTPUT_TOPICS
 
 log = logging.getLogger("kpimargin")
-
-EXIT_FAILED = 70  # EX_SOFTWARE: a failure that is not bad input (a bug, a broken broker)
-
-
-def die(what: str) -> None:
-    """Bad input never raises (it is dead-lettered): this is a bug or a broken broker
-    connection. faust would restart an agent *past* the failed events, so stop the whole
-    process instead, before anything more is committed: a restarted worker resumes from
-    the last durable state, exactly as after a SIGKILL."""
-    log.critical("%s failed; exiting so that a restart resumes from the last durable state", what, exc_info=True)
-    logging.shutdown()
-    os._exit(EXIT_FAILED)
-
-
-async def guarded(what: str, run, *args) -> None:
-    """Await ``run(*args)``; anything but a cancellation (shutdown) stops the process (:func:`die`)."""
-    try:
-        await run(*args)
-    except asyncio.CancelledError:
-        raise
-    except BaseException:
-        die(what)
-
 
 def _credentials(settings: Settings) -> Any:
     protocol = settings.security_protocol
@@ -171,20 +142,6 @@ def _patch_fetch_wait(max_wait_ms: int) -> None:
     driver.aiokafka = proxy
 
 
-async def confirm(futures: list, what: str) -> None:
-    """Wait until the broker acknowledged every send; raise if one was not delivered.
-
-    The futures are few -- one per producer batch (:mod:`stream.outbox`) or per log
-    record -- so waiting on them directly costs nothing worth saving."""
-    pending = [f for f in futures if not f.done()]
-    if pending:
-        await asyncio.wait(pending)
-    failed = [f for f in futures if f.cancelled() or f.exception() is not None]
-    if failed:
-        error = "cancelled" if failed[0].cancelled() else repr(failed[0].exception())
-        raise RuntimeError(f"{len(failed)} {what} not delivered: {error}")
-
-
 class Stats:
     """Counters reported every 10 s at INFO (reset after each report)."""
 
@@ -202,199 +159,6 @@ class Stats:
                 f"({self.handed_off} handed off by the router), "
                 f"{self.entries} entries, {self.outputs} outputs, {self.boundaries} batches persisted; "
                 f"apply {self.apply_s:.2f}s, persist {self.persist_s:.2f}s")
-
-
-# =========================================================================== router
-def undelivered_log_record(future) -> None:
-    """Done-callback of every router send: a record the broker refused (after the
-    producer's retries) stops the worker at once -- before a later record of the same log
-    partition could land after the gap, and before its input offsets are committed."""
-    if future.cancelled() or future.exception() is not None:
-        log.critical("a margin.log record was not delivered (%r); exiting", None if future.cancelled() else future.exception())
-        logging.shutdown()
-        os._exit(EXIT_FAILED)
-
-
-class _Revocations(ConsumerRebalanceListener):
-    """The router consumer's rebalance listener: counts revocations (see :meth:`Router.retire`)."""
-
-    def __init__(self, router: "Router"):
-        self.router = router
-
-    async def on_partitions_revoked(self, revoked) -> None:  # noqa: ARG002
-        """Commit what was delivered while the partitions are still this router's, then
-        void every offset fetched before now (see :meth:`Router.retire`)."""
-        router = self.router
-        delivered, router.delivered = router.delivered, {}
-        router.generation += 1
-        if delivered and router.consumer_ is not None:
-            await router.commit(router.consumer_, delivered)
-
-    async def on_partitions_assigned(self, assigned) -> None:  # noqa: ARG002
-        pass
-
-
-class Router:
-    """Input topics -> ``margin.log`` records and dead letters; see the module docstring."""
-
-    def __init__(self, app: faust.App, settings: Settings, stats: Stats, engine: "Engine"):
-        self.app, self.settings, self.stats, self.engine = app, settings, stats, engine
-        self.names = {settings.topic(t): t for t in INPUT_TOPICS}
-        self.generation = 0  # bumped whenever the router group revokes partitions from this router
-        self.delivered: dict = {}  # input offsets of acknowledged batches, not yet committed
-        self.held: dict = {}  # per input partition: records fetched, not yet forwarded (see releasable)
-        self.fetched: dict = {}  # per input partition: (offset after, timestamp of) the last record fetched
-        self.consumer_ = None  # the router's consumer, once started
-        self.log_name = settings.topic(LOG)
-        self.deadletter_name = settings.topic(DEADLETTER)
-
-    def consumer(self):
-        from aiokafka import AIOKafkaConsumer
-
-        s = self.settings
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(s),
-            group_id=f"{s.app_id}-router",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=s.fetch_max_wait_ms,
-            session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(0.5, min(3.0, s.session_timeout_s / 4)) * 1000),
-            rebalance_timeout_ms=int(max(s.session_timeout_s, 10.0) * 1000),
-            request_timeout_ms=int(s.request_timeout_s * 1000),
-            max_partition_fetch_bytes=2 * s.log_record_max_bytes,
-        )
-        consumer.subscribe(sorted(self.names), listener=_Revocations(self))
-        return consumer
-
-    @staticmethod
-    async def rewind_to_committed(consumer) -> None:
-        """Seek every assigned partition back to the group's committed offset (the earliest
-        one where none is committed): what was fetched and not forwarded is fetched again."""
-        for tp in consumer.assignment():
-            committed = await consumer.committed(tp)
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
-
-    def releasable(self, consumer) -> dict:
-        """Take from the held records what may be forwarded now (:func:`release`): a
-        partition is behind while the broker's high watermark is beyond what was fetched."""
-        lagging = {}
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            got = self.fetched.get(tp)
-            if highwater is not None and got is not None and got[0] < highwater:
-                lagging[tp] = got[1]
-        counts = release(self.held, lagging)
-        batch = {}
-        for tp, n in counts.items():
-            if n:
-                batch[tp], self.held[tp] = self.held[tp][:n], self.held[tp][n:]
-        self.held = {tp: records for tp, records in self.held.items() if records}
-        return batch
-
-    def merged(self, batch: dict) -> list[tuple[str, int, int, bytes | None]]:
-        """One fetch as ``(topic, partition, offset, raw)`` in broker-timestamp order
-        (:func:`stream.ordered_log.merge_inputs`)."""
-        return merge_inputs((self.names[tp.topic], tp.partition, [(r.timestamp, r.offset, r.value) for r in records])
-                            for tp, records in batch.items())
-
-    async def run(self) -> None:
-        """Fetch, route, send -- without waiting for the broker between fetches: the
-        batches in flight are retired in order by :meth:`retire` as their sends are
-        acknowledged (at most ``persist_queue_max`` of them: back-pressure)."""
-        s = self.settings
-        consumer = self.consumer_ = self.consumer()
-        await consumer.start()
-        producer = self.app.producer
-        log.info("router: consuming %s as group %s-router", sorted(self.names), s.app_id)
-        in_flight: asyncio.Queue = asyncio.Queue(maxsize=s.persist_queue_max)
-        retiring = asyncio.ensure_future(guarded("router", self.retire, consumer, in_flight))
-        try:
-            held_in = self.generation
-            while True:
-                if held_in != self.generation:  # a rebalance: drop what is held, start over from the group's offsets
-                    self.held, self.fetched, held_in = {}, {}, self.generation
-                    await self.rewind_to_committed(consumer)
-                    continue
-                generation = self.generation  # read before the fetch: a revocation during it voids its offsets
-                fetched = await consumer.getmany(timeout_ms=1000 if not self.held else 50,
-                                                 max_records=s.router_batch_max)
-                if generation != self.generation:
-                    continue
-                for tp, records in fetched.items():
-                    if records:
-                        self.held.setdefault(tp, []).extend(records)
-                        self.fetched[tp] = (records[-1].offset + 1, records[-1].timestamp or 0)
-                batch = self.releasable(consumer)
-                if not batch:
-                    if not self.held:
-                        await in_flight.put(None)  # idle: commit what is delivered now
-                    continue
-                messages = self.merged(batch)
-                records, dead = route_batch_parsed(messages, s.partitions, s.max_message_bytes, s.log_record_max_bytes)
-                sent = [(await producer.send(self.log_name, None, record, p, None, None), p, parsed)
-                        for p, record, parsed in records]
-                dead_sent = [await producer.send(self.deadletter_name, d.key.encode(), orjson.dumps(d.value), None, None, None)
-                             for d in dead]
-                for future in [f for f, _p, _parsed in sent] + dead_sent:
-                    future.add_done_callback(undelivered_log_record)
-                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
-                self.stats.routed += len(messages)
-                self.stats.rejected += len(dead)
-                await in_flight.put((sent, dead_sent, offsets, generation))
-        finally:
-            retiring.cancel()
-
-    async def retire(self, consumer, in_flight: asyncio.Queue) -> None:
-        """Batches in order, once the broker acknowledged their sends: hand each log
-        record to this worker's engine (:meth:`Engine.handoff`: applied at once if the
-        engine owns its partition and is at its offset, instead of waiting to fetch it
-        back from the log), then commit their input offsets (at most every
-        ``commit_interval_s`` while busy, at once when idle).
-
-        Offsets fetched before the group last revoked partitions from this router are
-        never committed: the partition may have been forwarded further by another router
-        since, and committing the older offset would move the group back (the inputs
-        after it would all be forwarded again). What was delivered before a revocation is
-        committed by the rebalance listener while the partitions are still this router's."""
-        last_commit = time.monotonic()
-        while True:
-            item = await in_flight.get()
-            if item is not None:
-                sent, dead_sent, offsets, fetched_in = item
-                await confirm([f for f, _p, _parsed in sent] + dead_sent, "log records")
-                if self.engine.handoff([(p, f.result().offset, parsed) for f, p, parsed in sent]):
-                    await self.engine.boundary()
-                if fetched_in == self.generation:
-                    self.delivered.update(offsets)
-            now = time.monotonic()
-            if self.delivered and (item is None or now - last_commit >= self.settings.commit_interval_s):
-                pending, self.delivered, generation = self.delivered, {}, self.generation
-                left = await self.commit(consumer, pending)
-                if left and generation == self.generation:  # retry later, unless a revocation voided them
-                    self.delivered = {**left, **self.delivered}
-                last_commit = now
-
-    @staticmethod
-    async def commit(consumer, offsets: dict) -> dict:
-        """Commit the offsets of partitions still assigned (a revoked one's new owner
-        forwards its inputs again, and the engine applies each source offset once); return
-        what is left to commit after a failure."""
-        from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-
-        assigned = consumer.assignment()
-        mine = {tp: o for tp, o in offsets.items() if tp in assigned}
-        if not mine:
-            return {}
-        try:
-            await consumer.commit(mine)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            log.warning("router: commit failed (%r); will retry", exc)
-            return mine
-        return {}
 
 
 # =========================================================================== engine
@@ -822,12 +586,19 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:  # noqa: ARG001
+        # the router stops and its batches in flight land (the next owner of a log
+        # partition resumes where its last record says) and are handed to the engine
+        await guarded("rebalance", router.revoke)
         # let the batches already applied become durable (briefly: the group waits), so
         # that a partition kept or taken over is not applied and published again from further back
         await engine.settle_persister(timeout_s=min(5.0, settings.session_timeout_s / 3))
         async with engine.lock:  # not in the middle of writing rows: a round is all or nothing
             engine.forget(revoked)
             await app.producer.flush()  # what was handed over lands before the new owner reads
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:  # noqa: ARG001
+        router.assign({tp.partition for tp in assigned if tp.topic == engine.log_name})
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender, **kwargs) -> None:  # noqa: ARG001

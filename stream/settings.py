@@ -46,6 +46,10 @@ class Settings:
     router_batch_max: int = setting(
         "KPIMARGIN_ROUTER_BATCH_MAX", 2000, "Most input messages the router forwards per fetch (one margin.log record per log partition per fetch)."
     )
+    max_idle_ms: float = setting(
+        "KPIMARGIN_MAX_IDLE_MS", 0.0,
+        "How long the router waits, past an input partition with nothing buffered and nothing left to fetch, before forwarding newer records (Kafka Streams' max.task.idle.ms; 0: as soon as a fresh end offset shows that partition caught up).",
+    )
     log_record_max_bytes: int = setting(
         "KPIMARGIN_LOG_RECORD_MAX_BYTES", 524_288, "Largest margin.log record the router writes (entries beyond it start a new record)."
     )
@@ -108,6 +112,8 @@ class Settings:
             raise ValueError("KPIMARGIN_PRODUCER_BATCH_BYTES must be within 1024 and 1048576 (a broker's default message size limit)")
         if self.request_timeout_s <= 0 or self.stall_timeout_s <= 0:
             raise ValueError("KPIMARGIN_REQUEST_TIMEOUT_S and KPIMARGIN_STALL_TIMEOUT_S must be positive")
+        if self.max_idle_ms < 0:
+            raise ValueError("KPIMARGIN_MAX_IDLE_MS must be 0 or a number of milliseconds")
         if self.dedup_horizon_s < 0:
             raise ValueError("KPIMARGIN_DEDUP_HORIZON_S must be 0 (forever) or a number of seconds")
         if not self.store.startswith(("memory://", "rocksdb://")):

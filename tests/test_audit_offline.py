@@ -18,7 +18,7 @@ from stream.audit import (
     run_replay,
 )
 from stream.demo import load_scenario
-from stream.ordered_log import encode_entry, encode_record, expand, replay, route_batch
+from stream.ordered_log import encode_entry, encode_record, expand, home_partition, replay, route_batch
 from stream.timeutil import parse_time_us
 from stream.topics import CALLS, COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, TICKS
 
@@ -113,7 +113,7 @@ def _batched(batch: int) -> list[tuple[int, int, bytes]]:
     for ph in PHASES:
         for m in ph["messages"]:
             offsets[ph["topic"]] = offsets.get(ph["topic"], -1) + 1
-            messages.append((ph["topic"], 0, offsets[ph["topic"]], orjson.dumps(m)))
+            messages.append((ph["topic"], home_partition(ph["topic"], m, 4), offsets[ph["topic"]], orjson.dumps(m)))
     records, next_offset = [], [0] * 4
     for i in range(0, len(messages), batch):
         for p, record in route_batch(messages[i:i + batch], 4, 65_536, 1_000_000)[0]:

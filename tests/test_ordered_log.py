@@ -20,10 +20,10 @@ from stream.ordered_log import (
     encode_entry,
     encode_record,
     expand,
+    home_partition,
     log_partition,
     record_entries,
     apply_parsed,
-    release,
     replay,
     route_batch,
     route_batch_parsed,
@@ -44,7 +44,8 @@ def _inputs(n_fills: int, seed: int = 3) -> list[tuple[str, int, int, bytes]]:
 
     def msg(topic: str, obj) -> tuple[str, int, int, bytes]:
         offsets[topic] = offsets.get(topic, -1) + 1
-        return topic, 0, offsets[topic], obj if isinstance(obj, bytes) else orjson.dumps(obj)
+        partition = home_partition(topic, obj, PARTITIONS)  # keyed by account, as a producer does
+        return topic, partition, offsets[topic], obj if isinstance(obj, bytes) else orjson.dumps(obj)
 
     out = [msg(LISTINGS, TSLA), msg(LISTINGS, WEB), msg(TICKS, {"ts": "2026-04-02T00:00:00Z"})]
     out += [msg(COLLATERAL, {"movement_id": f"M{a}", "account_id": a, "amount": "5000.00", "ts": "2026-04-02T00:00:00Z"})
@@ -206,19 +207,3 @@ def test_the_dead_letter_of_a_huge_message_keeps_only_its_head():
     assert record["raw"] is not None and huge.decode().startswith(record["raw"]) and len(record["raw"]) > 30_000
     small = route_batch([(TICKS, 0, 4, b"nope")], PARTITIONS, 65_536, 1_000_000)[1][0].value
     assert (small["raw"], small["raw_bytes"], small["raw_truncated"]) == ("nope", 4, False)
-
-
-def test_release_holds_back_what_is_newer_than_a_partition_still_behind():
-    """Under a backlog, nothing newer than the last record fetched from a lagging partition
-    is released (a tick published after a run of fills waits for the fills); each
-    partition's records go in their own order; with nothing behind, everything goes."""
-    fills = [(10, "f0"), (20, "f1"), (30, "f2")]
-    ticks = [(25, "t0")]
-    held = {"fills": fills, "ticks": ticks}
-    ts = lambda r: r[0]  # noqa: E731
-    assert release(held, {"fills": 30}, ts) == {"fills": 3, "ticks": 1}
-    assert release(held, {"fills": 20}, ts) == {"fills": 2, "ticks": 0}  # the tick waits for fills up to 25
-    assert release(held, {"fills": None}, ts) == {"fills": 0, "ticks": 0}  # nothing known of the laggard yet
-    assert release(held, {}, ts) == {"fills": 3, "ticks": 1}
-    # a partition's own order wins over its timestamps going back
-    assert release({"a": [(5, 0), (40, 1), (7, 2)]}, {"b": 10}, ts) == {"a": 1}

@@ -120,7 +120,8 @@ def test_tls_and_sasl_reach_every_kafka_client_the_worker_creates(tmp_path, prot
 
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-    from stream.processor import Router, Stats, faust_config
+    from stream.processor import Stats, faust_config
+    from stream.router import Router
 
     ca, cert, key = _throwaway_tls(tmp_path)
     env = {"KAFKA_SECURITY_PROTOCOL": protocol, "KAFKA_SSL_CAFILE": str(ca), "KAFKA_SSL_CERTFILE": str(cert),
@@ -130,7 +131,7 @@ def test_tls_and_sasl_reach_every_kafka_client_the_worker_creates(tmp_path, prot
     s = Settings.from_env(env)
 
     async def router_client():
-        return Router(None, s, Stats(), None).consumer()._client  # noqa: SLF001 - the consumer's own client
+        return Router(None, s, Stats(), None).client()._client  # noqa: SLF001 - the consumer's own client
 
     router = asyncio.run(router_client())
     faust_auth = credentials_to_aiokafka_auth(faust_config(s)["broker_credentials"])
