@@ -217,14 +217,19 @@ class KafkaCluster:
         self._wait([node_id], all_brokers=False)
 
     def pause(self, node_id: int) -> None:
-        """SIGSTOP a node's JVM (it keeps its sockets; nothing answers)."""
-        self._signal(self._live(node_id), signal.SIGSTOP)
+        """SIGSTOP a node's JVM and return once it is stopped (it keeps its sockets; nothing
+        answers)."""
+        proc = self._live(node_id)
+        self._signal(proc, signal.SIGSTOP)
         self._paused.add(node_id)
+        kafka_dist.wait_for_state(proc.pid, stopped=True)
 
     def resume(self, node_id: int) -> None:
-        """SIGCONT a paused node's JVM."""
-        self._signal(self._live(node_id), signal.SIGCONT)
+        """SIGCONT a paused node's JVM and return once it runs again."""
+        proc = self._live(node_id)
+        self._signal(proc, signal.SIGCONT)
         self._paused.discard(node_id)
+        kafka_dist.wait_for_state(proc.pid, stopped=False)
 
     def leader_of(self, topic: str, partition: int) -> int:
         """The node id leading a partition, from a fresh metadata request (synchronous;

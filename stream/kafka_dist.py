@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -230,3 +231,17 @@ def log_tail(node_dir: Path, lines: int = 3) -> str:
 
 def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in version.split("-")[0].split(".") if x.isdigit())
+
+
+def wait_for_state(pid: int, stopped: bool, timeout_s: float = 5.0) -> None:
+    """Wait until the kernel shows a process stopped (SIGSTOP delivered) or running again."""
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return  # gone, or no /proc here
+        if (state in "Tt") == stopped:
+            return
+        time.sleep(0.005)
