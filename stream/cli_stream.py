@@ -49,12 +49,92 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    if args.engine == "kafka":
+        return _run_kafka_broker(args)
+    given = [opt for opt, value in (("--nodes", args.nodes), ("--data-dir", args.data_dir), ("--version", args.version))
+             if value is not None]
+    if given:
+        print(f"kpimargin broker: {', '.join(given)} only with --engine kafka", file=sys.stderr)
+        return 2
     from .broker import broker_command
 
-    command = broker_command(args.port)
-    print(f"kpimargin: embedded Kafka-protocol broker (Tansu, memory storage) on 127.0.0.1:{args.port}", file=sys.stderr)
+    port = 9092 if args.port is None else args.port
+    command = broker_command(port)
+    print(f"kpimargin: embedded Kafka-protocol broker (Tansu, memory storage) on 127.0.0.1:{port}", file=sys.stderr)
     os.execv(command[0], command)
     return 0  # pragma: no cover
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM arrived while the cluster was starting."""
+
+
+def _run_kafka_broker(args: argparse.Namespace) -> int:
+    """``kpimargin broker --engine kafka``: one line on stdout once the cluster is ready, then
+    run until SIGINT/SIGTERM (exit 0) or until a node dies (exit 1)."""
+    import logging
+    import threading
+
+    from . import kafka_dist
+    from .kafka_broker import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
+
+    version = args.version or KAFKA_VERSION
+    nodes = 1 if args.nodes is None else args.nodes
+    port = 9092 if args.port is None else args.port
+    try:
+        cached = kafka_dist.is_cached(version)
+        cluster = KafkaCluster(nodes=nodes, port=port, data_dir=args.data_dir, version=version)
+    except (KafkaBrokerError, ValueError) as exc:
+        print(f"kpimargin broker: {exc}", file=sys.stderr)
+        return 2
+    reason = missing_tools(need_maven=not cached)
+    if reason:
+        print(f"kpimargin broker: {reason}", file=sys.stderr)
+        return 2
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the readiness polls' retries are not news
+    stopping = threading.Event()
+    starting = True
+
+    def on_signal(signum, frame):
+        nonlocal starting
+        stopping.set()
+        if starting:  # once only: a second signal must not interrupt the cleanup
+            starting = False
+            raise _Stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        try:
+            cluster.start()
+            starting = False
+            if stopping.is_set():
+                raise _Stop()
+            plural = "node" if nodes == 1 else "nodes"
+            print(f"kpimargin broker: Apache Kafka {version}, {nodes} {plural}, bootstrap {cluster.bootstrap} "
+                  f"(logs: {cluster.data_dir})", flush=True)
+            while not stopping.wait(0.5):
+                dead = [n for n in cluster.node_ids if cluster.pid(n) is None]
+                if dead:
+                    print(f"kpimargin broker: Kafka node {dead[0]} exited: {cluster.log_tail(dead[0])}",
+                          file=sys.stderr)
+                    code = 1
+                    break
+        except _Stop:
+            pass
+        except KafkaBrokerError as exc:
+            print(f"kpimargin broker: {exc}", file=sys.stderr)
+            code = 1
+        except Exception as exc:  # one line, never a traceback
+            print(f"kpimargin broker: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = 1
+    finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # the cleanup below is not interrupted
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -112,12 +192,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from .kafka_broker import KAFKA_VERSION
+
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("worker", help="run a faust worker of the processor", epilog=settings_help(), formatter_class=fmt)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground")
-    p.add_argument("--port", type=int, default=9092)
+    p = sub.add_parser("broker", help="run a broker in the foreground: the embedded Tansu or real Apache Kafka")
+    p.add_argument("--engine", choices=("embedded", "kafka"), default="embedded",
+                   help="embedded: Tansu, memory storage, needs nothing but pip; kafka: Apache Kafka (KRaft) from "
+                        "its jars, fetched once with Maven and cached, needs java (default: embedded)")
+    p.add_argument("--port", type=int, default=None, metavar="PORT",
+                   help="client port of the (first) broker (default: 9092; with kafka, node i listens on "
+                        "PORT+i-1 and its controller on PORT+N+i-1)")
+    p.add_argument("--nodes", type=int, default=None, metavar="N",
+                   help="kafka only: number of KRaft nodes, each broker and controller (default: 1)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="kafka only: storage and logs, kept and reused across runs (default: a temporary "
+                        "directory removed at exit)")
+    p.add_argument("--version", default=None, metavar="V",
+                   help=f"kafka only: Apache Kafka version to fetch and run (default: {KAFKA_VERSION}; 3.9.x runs too)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("topics", help="create the processor's topics (idempotent) and list them", epilog=settings_help(), formatter_class=fmt)

@@ -48,15 +48,19 @@ def all_topics(settings: Settings) -> list[str]:
 
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create every topic the processor reads or writes, with ``settings.partitions``
-    partitions; existing topics are left as they are."""
+    partitions; existing topics are left as they are. With a replication factor of 3 or
+    more they get ``min.insync.replicas=2``: an acknowledged write (acks=all) is then on
+    at least two brokers, and one broker down still leaves the topics writable."""
     deadline = time.monotonic() + timeout_s
+    configs = {"min.insync.replicas": "2"} if settings.replication_factor >= 3 else {}
     while True:
         admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=10_000)
         try:
             await admin.start()
             existing = set(await admin.list_topics())
             wanted = [
-                NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor)
+                NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
+                         topic_configs=configs)
                 for name in all_topics(settings)
                 if name not in existing
             ]

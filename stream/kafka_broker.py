@@ -1,0 +1,400 @@
+"""Real Apache Kafka on this machine, without Docker: a KRaft cluster of 1 or more nodes on
+127.0.0.1, each node broker and controller in one JVM, run from Kafka's own jars (fetched
+once from Maven Central with Maven, then cached: see ``stream.kafka_dist``).
+
+    with KafkaCluster(nodes=3) as kafka:
+        kafka.bootstrap            # "127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3"
+        kafka.kill(2); kafka.restart(2)
+
+Used by ``kpimargin broker --engine kafka``, the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import kafka_dist
+
+KAFKA_VERSION = "4.4.0"
+# The SLF4J binding Kafka's jars do not bring, per major version (Kafka 4.x: log4j2 behind
+# slf4j-api 1.7; Kafka 3.x: log4j 1 as reload4j).
+LOGGING_JARS = {
+    4: ["org.apache.logging.log4j:log4j-slf4j-impl:2.24.3", "org.apache.logging.log4j:log4j-core:2.24.3"],
+    3: ["org.slf4j:slf4j-reload4j:1.7.36", "ch.qos.reload4j:reload4j:1.2.25"],
+}
+JAVA_MIN = 17
+HEAP = ["-Xmx512m", "-Xms512m"]
+JVM_OPTIONS = ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+               "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true"]  # kafka-server-start.sh's
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+
+
+class KafkaBrokerError(Exception):
+    """A cluster could not be started or controlled (the message is one line)."""
+
+
+def missing_tools(need_maven: bool) -> str | None:
+    """Why a cluster cannot start here (one line), or None when it can."""
+    if shutil.which("java") is None:
+        return f"java not found on PATH: install OpenJDK {JAVA_MIN} or newer"
+    found = kafka_dist.java_major()
+    if found is None:
+        return f"java on PATH ({shutil.which('java')}) does not run: install OpenJDK {JAVA_MIN} or newer"
+    if found < JAVA_MIN:
+        return f"java on PATH is Java {found}: Kafka needs {JAVA_MIN} or newer"
+    if need_maven and shutil.which("mvn") is None:
+        return ("mvn not found on PATH: Maven fetches the Kafka jars once (then they are cached): "
+                "install Maven 3.6.3 or newer")
+    return None
+
+
+def _run_async(coro):
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _metadata(bootstrap: str, timeout_ms: int = 5000):
+    """A fresh metadata answer (aiokafka ClusterMetadata) from the first broker that answers."""
+    from aiokafka.client import AIOKafkaClient
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, metadata_max_age_ms=60_000)
+    try:
+        await client.bootstrap()
+        return await client.fetch_all_metadata()
+    finally:
+        await client.close()
+
+
+_running: "set[KafkaCluster]" = set()  # strong references: a started cluster is stopped, never collected
+
+
+@atexit.register
+def _stop_all() -> None:  # a cluster is never left running by an interpreter that exits
+    for cluster in list(_running):
+        cluster.stop()
+
+
+class KafkaCluster:
+    """A KRaft cluster of ``nodes`` combined broker+controller JVMs on 127.0.0.1.
+
+    ``port`` is node 1's client port; node i then listens on ``port + i - 1`` and its
+    controller on ``port + nodes + i - 1`` (free ports are picked when it is None).
+    A given ``data_dir`` is formatted the first time and reused after; without one a
+    temporary directory is used and removed by ``stop()``."""
+
+    def __init__(self, nodes: int = 1, port: int | None = None, data_dir: str | Path | None = None,
+                 version: str = KAFKA_VERSION):
+        if nodes < 1:
+            raise KafkaBrokerError("a cluster needs at least 1 node")
+        try:
+            self._major = kafka_dist.major(version)
+        except ValueError as exc:
+            raise KafkaBrokerError(str(exc)) from None
+        if self._major not in LOGGING_JARS:
+            raise KafkaBrokerError(f"Kafka {version} is not supported (3.x and 4.x are)")
+        if port is not None and not 1 <= port <= 65536 - 2 * nodes:
+            raise KafkaBrokerError(f"port {port} leaves no room for {2 * nodes} ports (node and controller ports)")
+        self.nodes, self.version, self._port = nodes, version, port
+        self._given_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else None
+        self.data_dir: Path | None = self._given_dir
+        self._client_ports: list[int] = []
+        self._controller_ports: list[int] = []
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._paused: set[int] = set()
+        self._jars: Path | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def node_ids(self) -> list[int]:
+        return list(range(1, self.nodes + 1))
+
+    @property
+    def bootstrap(self) -> str:
+        if not self._client_ports:
+            raise KafkaBrokerError("the cluster is not started")
+        return ",".join(f"127.0.0.1:{p}" for p in self._client_ports)
+
+    def node_dir(self, node_id: int) -> Path:
+        self._check_node(node_id)
+        assert self.data_dir is not None
+        return self.data_dir / f"node-{node_id}"
+
+    def pid(self, node_id: int) -> int | None:
+        """The JVM's process id of a node while it runs."""
+        proc = self._procs.get(node_id)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def log_tail(self, node_id: int, lines: int = 3) -> str:
+        """The last lines of a node's logs, on one line."""
+        return kafka_dist.log_tail(self.node_dir(node_id), lines)
+
+    # ------------------------------------------------------------------ start and stop
+    def start(self) -> "KafkaCluster":
+        """Fetch the jars if needed, format, start every node; return once every broker
+        accepts connections and a metadata request lists all of them."""
+        if self._procs:
+            raise KafkaBrokerError("the cluster is already started")
+        reason = missing_tools(need_maven=not kafka_dist.is_cached(self.version))
+        if reason:
+            raise KafkaBrokerError(reason)
+        try:
+            self._jars = kafka_dist.fetch_jars(self.version, LOGGING_JARS[self._major])
+        except kafka_dist.FetchError as exc:
+            raise KafkaBrokerError(str(exc)) from None
+        self._pick_ports()
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="kpimargin-kafka-"))
+        _running.add(self)
+        try:
+            cluster_id = self._prepare_dir()
+            self._format(cluster_id)
+            for node_id in self.node_ids:
+                self._launch(node_id)
+            self._wait(self.node_ids, all_brokers=True)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM every JVM, SIGKILL what is left after ~15 s; idempotent. Removes the
+        data directory if it was a temporary one."""
+        procs = [p for p in self._procs.values() if p.poll() is None]
+        for proc in procs:
+            self._signal(proc, signal.SIGTERM)
+            self._signal(proc, signal.SIGCONT)  # a paused JVM handles SIGTERM only once resumed
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in procs:
+            self._end(proc, max(0.1, deadline - time.monotonic()))
+        self._procs.clear()
+        self._paused.clear()
+        _running.discard(self)
+        if self._given_dir is None and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+    def __enter__(self) -> "KafkaCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ faults
+    def kill(self, node_id: int) -> None:
+        """SIGKILL a node's JVM (and reap it)."""
+        proc = self._proc(node_id)
+        self._signal(proc, signal.SIGKILL)
+        proc.wait()
+        self._paused.discard(node_id)
+
+    def restart(self, node_id: int) -> None:
+        """Start a node again on the same directory and ports, and wait until it answers
+        metadata requests listing itself. A node still running is stopped first (SIGTERM,
+        SIGKILL after ~15 s): a graceful restart."""
+        proc = self._proc(node_id)
+        if proc.poll() is None:
+            self._signal(proc, signal.SIGTERM)
+            self._signal(proc, signal.SIGCONT)
+            self._end(proc, STOP_TIMEOUT_S)
+        self._paused.discard(node_id)
+        self._launch(node_id)
+        self._wait([node_id], all_brokers=False)
+
+    def pause(self, node_id: int) -> None:
+        """SIGSTOP a node's JVM and return once it is stopped (it keeps its sockets; nothing
+        answers)."""
+        proc = self._live(node_id)
+        self._signal(proc, signal.SIGSTOP)
+        self._paused.add(node_id)
+        kafka_dist.wait_for_state(proc.pid, stopped=True)
+
+    def resume(self, node_id: int) -> None:
+        """SIGCONT a paused node's JVM and return once it runs again."""
+        proc = self._live(node_id)
+        self._signal(proc, signal.SIGCONT)
+        self._paused.discard(node_id)
+        kafka_dist.wait_for_state(proc.pid, stopped=False)
+
+    def leader_of(self, topic: str, partition: int) -> int:
+        """The node id leading a partition, from a fresh metadata request (synchronous;
+        works inside a running event loop too). -1 while the partition has no leader."""
+        from aiokafka import TopicPartition
+
+        live = [n for n in self.node_ids if self.pid(n) is not None and n not in self._paused]
+        if not live:
+            raise KafkaBrokerError("no node of the cluster is running")
+        bootstrap = ",".join(f"127.0.0.1:{self._client_ports[n - 1]}" for n in live)
+        try:
+            metadata = _run_async(_metadata(bootstrap))
+        except Exception as exc:
+            raise KafkaBrokerError(f"metadata request failed: {type(exc).__name__}: {exc}") from None
+        leader = metadata.leader_for_partition(TopicPartition(topic, partition))
+        if leader is None:
+            raise KafkaBrokerError(f"no partition {partition} of topic {topic!r} in the cluster's metadata")
+        return int(leader)
+
+    # ------------------------------------------------------------------ internals
+    def _check_node(self, node_id: int) -> None:
+        if node_id not in self.node_ids:
+            raise KafkaBrokerError(f"no node {node_id}: the cluster's nodes are {self.node_ids}")
+
+    def _proc(self, node_id: int) -> subprocess.Popen:
+        self._check_node(node_id)
+        if node_id not in self._procs:
+            raise KafkaBrokerError("the cluster is not started")
+        return self._procs[node_id]
+
+    def _live(self, node_id: int) -> subprocess.Popen:
+        proc = self._proc(node_id)
+        if proc.poll() is not None:
+            raise KafkaBrokerError(f"node {node_id} is not running")
+        return proc
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen, sig: int) -> None:
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def _end(proc: subprocess.Popen, timeout_s: float) -> None:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _pick_ports(self) -> None:
+        if self._client_ports:
+            return
+        if self._port is None:
+            ports = kafka_dist.free_ports(2 * self.nodes)
+        else:
+            ports = list(range(self._port, self._port + 2 * self.nodes))
+            for i, port in enumerate(ports):
+                if kafka_dist.port_in_use(port):
+                    role = "client" if i < self.nodes else "controller"
+                    raise KafkaBrokerError(f"port {port} on 127.0.0.1 (the {role} port of node "
+                                           f"{i % self.nodes + 1}) is already in use: pick another port")
+        self._client_ports, self._controller_ports = ports[:self.nodes], ports[self.nodes:]
+
+    def _prepare_dir(self) -> str:
+        """The cluster id: read back from a directory this class formatted before, else new."""
+        assert self.data_dir is not None
+        info_path = self.data_dir / "cluster.json"
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            if info["nodes"] != self.nodes:
+                raise KafkaBrokerError(f"{self.data_dir} holds a {info['nodes']}-node cluster: start it with "
+                                       f"{info['nodes']} node(s) or use another data directory")
+            if kafka_dist.version_key(self.version) < kafka_dist.version_key(info["version"]):
+                raise KafkaBrokerError(f"{self.data_dir} was formatted by Kafka {info['version']}: an older "
+                                       f"version ({self.version}) cannot run it")
+            return info["cluster_id"]
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise KafkaBrokerError(f"{self.data_dir} is not empty and holds no cluster of kpimargin broker: "
+                                   "give an empty or new directory")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = kafka_dist.new_cluster_id()
+        info = {"cluster_id": cluster_id, "nodes": self.nodes, "version": self.version}
+        info_path.write_text(json.dumps(info, indent=1) + "\n")
+        return cluster_id
+
+    def _write_config(self, node_id: int) -> Path:
+        node_dir = self.node_dir(node_id)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        (node_dir / "logging.properties").write_text(kafka_dist.logging_config(self.version, node_dir / "server.log"))
+        (node_dir / "server.properties").write_text(kafka_dist.server_properties(
+            self.version, node_id, self.nodes, self._client_ports, self._controller_ports, node_dir / "data"))
+        return node_dir
+
+    def _java(self, node_dir: Path, heap: list[str]) -> list[str]:
+        return ["java", *heap, *JVM_OPTIONS, "-cp", f"{self._jars}/*",
+                kafka_dist.logging_option(self.version, node_dir / "logging.properties"), f"-Dkafka.logs.dir={node_dir}"]
+
+    def _format(self, cluster_id: str) -> None:
+        """Format every node's storage that is not formatted yet (all at once)."""
+        running = {}
+        for node_id in self.node_ids:
+            node_dir = self._write_config(node_id)
+            if (node_dir / "data" / "meta.properties").is_file():
+                continue
+            command = [*self._java(node_dir, ["-Xmx256m"]), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                       "-c", str(node_dir / "server.properties")]
+            log = open(node_dir / "format.log", "wb")
+            running[node_id] = (subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                                 start_new_session=True), log)
+        failed = []
+        try:
+            for node_id, (proc, log) in running.items():
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    pass
+                if proc.poll() != 0:
+                    failed.append(node_id)
+        finally:  # also when interrupted: no formatting JVM is left behind
+            for proc, log in running.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+        if failed:
+            node_dir = self.node_dir(failed[0])
+            text = (node_dir / "format.log").read_text(errors="replace").strip().splitlines()
+            raise KafkaBrokerError(f"formatting node {failed[0]}'s storage failed: {(text or ['no output'])[-1]}")
+
+    def _launch(self, node_id: int) -> None:
+        node_dir = self._write_config(node_id)
+        command = [*self._java(node_dir, HEAP), "kafka.Kafka", str(node_dir / "server.properties")]
+        with open(node_dir / "jvm.log", "ab") as log:
+            self._procs[node_id] = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _wait(self, node_ids: list[int], all_brokers: bool) -> None:
+        """Until each of ``node_ids`` answers a metadata request listing itself (and, with
+        ``all_brokers``, every node of the cluster); raise if a node exits or time runs out."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        pending = list(node_ids)
+        last = "no answer yet"
+        while pending:
+            for node_id in pending:
+                if self._procs[node_id].poll() is not None:
+                    code = self._procs[node_id].returncode
+                    raise KafkaBrokerError(f"Kafka node {node_id} exited (code {code}) while starting: "
+                                           f"{self.log_tail(node_id)}")
+            node_id = pending[0]
+            port = self._client_ports[node_id - 1]
+            if kafka_dist.accepts(port):
+                try:
+                    brokers = {b.nodeId for b in _run_async(_metadata(f"127.0.0.1:{port}")).brokers()}
+                except Exception as exc:
+                    brokers, last = set(), f"{type(exc).__name__}: {exc}"
+                wanted = set(self.node_ids) if all_brokers else {node_id}
+                if wanted <= brokers:
+                    pending.pop(0)
+                    continue
+                last = f"metadata lists brokers {sorted(brokers)}"
+            if time.monotonic() > deadline:
+                raise KafkaBrokerError(f"Kafka node {node_id} not ready within {START_TIMEOUT_S:.0f} s ({last}): "
+                                       f"{self.log_tail(node_id)}")
+            time.sleep(0.1)  # polling interval of the readiness check, not a synchronisation
+
