@@ -24,7 +24,8 @@ import orjson
 from stream import durable
 from stream.cli_stream import start_worker_process, stop_process
 from stream.demo import publish_phases, wait_until
-from stream.engine import EngineState
+from stream.engine import EngineState, apply
+from stream.records import Cause, parse
 from stream.kafka import ensure_topics, read_topic
 from stream.ordered_log import entry_source, record_entries, record_positions, replay
 from stream.settings import Settings
@@ -72,9 +73,10 @@ def start_broker(kind: str) -> Iterator[str]:
         with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
     else:
-        from stream.kafka_broker import KafkaBrokerError, KafkaCluster, cached, missing_tools
+        from stream.kafka_broker import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
+        from stream.kafka_dist import is_cached
 
-        missing = missing_tools(need_maven=not cached())
+        missing = missing_tools(need_maven=not is_cached(KAFKA_VERSION))
         if missing:
             if os.environ.get("CI") == "true":
                 pytest.fail(f"real Kafka cannot start under CI: {missing}")
@@ -114,6 +116,7 @@ class Cluster:
         self.workers: list = []
         self.started = 0
         self.sources: set[tuple[str, int, int]] = set()
+        self.published: list[tuple[str, int, int, dict]] = []  # (topic, partition, offset, message) in publication order
         asyncio.run(ensure_topics(settings))
 
     def start_worker(self, settings: Settings | None = None, data_dir: str | None = None):
@@ -153,8 +156,10 @@ class Cluster:
 
         async def run():
             for topic, messages in runs:
-                for partition, offset in await publish(self.settings, topic, [orjson.dumps(m) for m in messages]):
+                positions = await publish(self.settings, topic, [orjson.dumps(m) for m in messages])
+                for (partition, offset), message in zip(positions, messages):
                     self.sources.add((topic, partition, offset))
+                    self.published.append((topic, partition, offset, message))
 
         asyncio.run(run())
 
@@ -331,6 +336,19 @@ class Cluster:
         return rows
 
 
+def in_publication_order(published, settings) -> dict[str, dict]:
+    """Every record the pure engine publishes applying the inputs in publication order, as
+    one state, each with the cause its real topic, partition and offset give."""
+    state = EngineState(config=settings.engine_config())
+    expected: dict[str, dict] = {}
+    for topic, partition, offset, message in published:
+        event = parse(topic, message)
+        _, outputs = apply(state, event, Cause(topic, partition, offset, event.event_id), message)
+        for out in outputs:
+            expected[out.value["id"]] = {**out.value, "_topic": out.topic}
+    return expected
+
+
 def by_account(outputs: dict[str, dict], topic: str) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = defaultdict(list)
     for record in outputs.values():
@@ -344,5 +362,5 @@ def run_phases_and_settle(cluster: Cluster, phases: list[dict]) -> dict[str, dic
     return cluster.settle()
 
 
-__all__ = ["Cluster", "broker_kinds", "by_account", "fresh_settings", "run_phases_and_settle",
+__all__ = ["Cluster", "broker_kinds", "by_account", "fresh_settings", "in_publication_order", "run_phases_and_settle",
            "start_broker", "wait_until"]

@@ -95,6 +95,14 @@ def test_kafka_is_apache_kafka_in_kraft_mode(services):
     assert "zookeeper" not in COMPOSE_PATH.read_text().lower()
 
 
+def test_compose_runs_the_kafka_version_the_tests_run(services):
+    """docker compose and `kpimargin broker --engine kafka` (the tests' real Kafka) run the
+    same Apache Kafka release."""
+    from stream.kafka_broker import KAFKA_VERSION
+
+    assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+
+
 @pytest.mark.parametrize("name", ["topics", "worker"])
 def test_kpimargin_env_is_known_settings(services, name):
     env = env_of(services[name])

@@ -15,10 +15,11 @@ round starts worker(s), publishes its chunk and crashes them one of five ways, r
 * ``in_recovery``: while loading a partition's state (changelog recovery).
 
 A last worker then finishes the log. At the end every published input is in the log or the
-dead letters (the router lost nothing), the published records (deduplicated by id, content
-compared) equal what a clean run of the same log publishes -- the pure replay of
-``margin.log`` -- the persisted state equals the replayed state, and ``kpimargin replay``
-reports zero mismatches.
+dead letters (the router lost nothing), no input is dead-lettered (the scenario has no bad
+one), the published records (deduplicated by id, content compared) equal both what the
+pure engine publishes applying the inputs in the order they were published and what a
+clean run of the same log publishes -- the pure replay of ``margin.log`` -- the persisted
+state equals the replayed state, and ``kpimargin replay`` reports zero mismatches.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ import orjson
 import pytest
 
 from stream.ordered_log import record_entries
-from stream.topics import COLLATERAL, FILLS, FLASH, LISTINGS, TICKS
+from stream.topics import COLLATERAL, DEADLETTER, FILLS, FLASH, LISTINGS, TICKS
 
 from .conftest import TSLA, comparable_rows, load_example
-from .streaming_support import Cluster, fresh_settings
+from .streaming_support import Cluster, fresh_settings, in_publication_order
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -166,6 +167,12 @@ def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys, b
               f"replay; replay tool exit {proc.returncode}")
     assert published >= EVENTS and sum(kills.values()) >= KILLS and all(kills.values())
     assert routed == cluster.published_sources(), "inputs missing from the log and the dead letters"
+    dead = [r for r in outputs.values() if r["_topic"] == DEADLETTER]
+    assert not dead, f"{len(dead)} good inputs dead-lettered, e.g. {[(d['reason'], d['source']) for d in dead[:5]]}"
+    expected = in_publication_order(cluster.published, cluster.settings)
+    assert set(outputs) == set(expected), "the outputs differ from the pure engine applied in publication order"
+    for rid, record in expected.items():
+        assert outputs[rid] == record
     assert set(outputs) == set(replayed)
     for rid, record in replayed.items():
         assert outputs[rid] == record

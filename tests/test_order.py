@@ -24,13 +24,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream.engine import EngineState, apply
 from stream.kafka import client_kwargs, key_for
-from stream.records import Cause, parse
 from stream.topics import CALLS, COLLATERAL, DEADLETTER, FILLS, LISTINGS, REQUIREMENTS, SETTLEMENTS, TICKS
 
 from .conftest import TSLA, load_example
-from .streaming_support import Cluster, fresh_settings
+from .streaming_support import Cluster, fresh_settings, in_publication_order
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -89,19 +87,6 @@ def publish_in_order(settings, messages, on_progress=None) -> list[tuple[str, in
         return published
 
     return asyncio.run(run())
-
-
-def in_publication_order(published, settings) -> dict[str, dict]:
-    """Every record the pure engine publishes applying the inputs in publication order, as
-    one state, each with the cause its real topic, partition and offset give."""
-    state = EngineState(config=settings.engine_config())
-    expected: dict[str, dict] = {}
-    for topic, partition, offset, message in published:
-        event = parse(topic, message)
-        _, outputs = apply(state, event, Cause(topic, partition, offset, event.event_id), message)
-        for out in outputs:
-            expected[out.value["id"]] = {**out.value, "_topic": out.topic}
-    return expected
 
 
 SHAPES = ["one", "two", "three", "join_mid_stream", "backlog", "rebalance"]
