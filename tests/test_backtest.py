@@ -116,6 +116,17 @@ def test_weighted_crps_is_the_crps_of_a_gaussian():
         assert np.allclose(got["left"] + got["right"], got["uniform"] - 2 * got["center"])
 
 
+def test_hill_and_weissman_on_an_exact_pareto_tail():
+    alpha, n = 3.0, 200_000
+    x = (1.0 - np.random.default_rng(8).random(n)) ** (-1.0 / alpha)  # P(X > u) = u^-3 for u >= 1
+    k = n // 10
+    assert stats.hill(x, k) == pytest.approx(alpha, abs=4 * alpha / math.sqrt(k))  # sd of Hill: alpha / sqrt(k)
+    got = stats.tail_check(x, 12.0)
+    assert got["k"] == k and got["implied_rate"] == pytest.approx(12.0**-alpha, rel=0.1)
+    assert got["empirical_rate"] == pytest.approx(float((x > 12.0).mean()))
+    assert stats.tail_check(x[:50], 12.0)["tail_index"] is None  # k = 5: too few
+
+
 def test_ks_uniform_is_scipys():
     u = np.random.default_rng(3).random(500)
     assert stats.ks_uniform(u)["p_value"] == pytest.approx(sps.kstest(u, "uniform").pvalue)

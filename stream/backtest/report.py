@@ -140,6 +140,16 @@ def panel_report(summary: dict, plots: dict[str, str], command: str) -> str:
                  ("uniform", "left", "right", "tails", "center")),
                  f"{d['beyond_stress']['below']} / {d['beyond_stress']['above']}") for d in summary["distribution"]]),
         "",
+        "Tails of the standardised forecast errors z = (K_t+1 / K_t − 1 − loc) / t_scale (seed 004: Hill index from "
+        "the 10 % largest, Weissman probability beyond the model's VaR point t_alpha(nu)):",
+        "",
+        *table(("n", "model nu", "Hill index left", "Hill index right", "implied VaR exc. left", "implied right",
+                "counted left", "counted right"),
+               [(d["bucket"], num(d["tails"]["nu"], 1), num(d["tails"]["left"]["tail_index"], 2),
+                 num(d["tails"]["right"]["tail_index"], 2), pct(d["tails"]["left"]["implied_rate"]),
+                 pct(d["tails"]["right"]["implied_rate"]), pct(d["tails"]["left"]["empirical_rate"]),
+                 pct(d["tails"]["right"]["empirical_rate"])) for d in summary["distribution"] if d["tails"]]),
+        "",
         "CRPS on the return scale (outcome / anchor − 1), weights of seed 002: lower is better; compare "
         "calibrations, not panels. Three-interval test: below the 1 − alpha quantile, between, above the alpha "
         "quantile, with transitions within each series (5 % critical value 12.59).",

@@ -17,6 +17,10 @@
 * One-sided binomial test that an exception rate is at most ``p``: ``P(X >= x)``.
 * Acerbi-Szekely (2014) ``Z_2 = 1 - sum_t L_t I_t / (N p ES_t)``, ``I_t = 1{L_t > VaR_t}``
   (losses positive; ``E Z_2 = 0`` under the model, negative when ES is too small).
+* Hill (1975) tail index from the ``k`` largest of ``n`` observations,
+  ``1/alpha = mean(ln X_(n-i+1) / X_(n-k))``, and Weissman's (1978) tail probability beyond
+  a level ``u`` past the threshold, ``P(X > u) = (k/n) (u / X_(n-k))^-alpha`` (seed 004: EVT
+  as a benchmark of a parametric model's coverage; ``k`` = 10 % of ``n``, its blunt rule).
 * The weighted CRPS of Gneiting and Ranjan (2011), seed 002 eq. (3):
   ``C_w(F, z) = 2 int_0^1 (1{z <= F^-1(u)} - u)(F^-1(u) - z) w(u) du`` by the midpoint rule.
 """
@@ -190,3 +194,32 @@ def weighted_crps(quantiles: np.ndarray, z: np.ndarray, weights: dict | None = N
     u = crps_grid(quantiles.shape[1])
     score = (np.where(z[:, None] <= quantiles, 1.0, 0.0) - u[None, :]) * (quantiles - z[:, None])
     return {name: 2.0 * (score * w(u)[None, :]).mean(axis=1) for name, w in weights.items()}
+
+
+HILL_SHARE = 0.10
+HILL_MIN_K = 10
+
+
+def hill(x: np.ndarray, k: int) -> float | None:
+    """Hill's tail index of the upper tail of ``x`` from its ``k`` largest values (None
+    when ``k`` is too small or the threshold is not positive)."""
+    xs = np.sort(np.asarray(x, dtype=np.float64))[::-1]
+    if k < 2 or xs.size <= k or not xs[k] > 0.0:
+        return None
+    return float(1.0 / np.mean(np.log(xs[:k] / xs[k])))
+
+
+def tail_check(x: np.ndarray, u: float, share: float = HILL_SHARE) -> dict:
+    """Upper tail of ``x`` past ``u``: Hill index (``k = share * n``), the Weissman
+    probability of exceeding ``u`` (the empirical share when ``u`` is inside the
+    threshold) and the plain count share."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    k = int(round(share * n))
+    empirical = float((x > u).mean()) if n else None
+    a = hill(x, k) if k >= HILL_MIN_K else None
+    if a is None:
+        return {"k": k, "tail_index": None, "implied_rate": None, "empirical_rate": empirical}
+    threshold = float(np.sort(x)[::-1][k])
+    implied = k / n * (u / threshold) ** (-a) if u > threshold else empirical
+    return {"k": k, "tail_index": a, "implied_rate": float(implied), "empirical_rate": empirical}

@@ -161,10 +161,25 @@ def _crps_means(fc: Forecasts, loc: np.ndarray, t_scale: np.ndarray, mask: np.nd
     return {name: total / idx.size for name, total in totals.items()}
 
 
+def _tails(fc: Forecasts, mask: np.ndarray) -> dict | None:
+    """Seed 004's EVT check on the standardised forecast errors
+    ``z = (K_{t+1}/K_t - 1 - loc) / t_scale`` (unclamped): each tail's Hill index (the
+    model says ``nu``) and the Weissman probability beyond the model's VaR point
+    ``t_{alpha}(nu)`` (the model says ``1 - alpha``). None when ``nu`` differs by series."""
+    nus = np.unique(fc.o_nu)
+    if nus.size != 1:
+        return None
+    ok = mask & (fc.o_t_scale > 0.0)
+    z = (fc.o_level[ok] / fc.o_anchor[ok] - 1.0 - fc.o_loc[ok]) / fc.o_t_scale[ok]
+    _low, u = model.tail_points(fc.alpha, float(nus[0]))
+    return {"nu": float(nus[0]), "threshold": u, "left": stats.tail_check(-z, u), "right": stats.tail_check(z, u)}
+
+
 def _distribution(fc: Forecasts, name: str, mask: np.ndarray) -> dict:
     p = 1.0 - fc.alpha
     intervals = np.where(fc.loss[0::2] > fc.var[0::2], 0, np.where(fc.loss[1::2] > fc.var[1::2], 2, 1))
     return {
+        "tails": _tails(fc, mask),
         "bucket": name,
         "origins": int(mask.sum()),
         "pit_ks": stats.ks_uniform(fc.o_pit[mask]),
