@@ -193,6 +193,29 @@ def test_var_exceptions_on_the_models_own_data_match_the_rate_predicted_for_each
     assert abs(short - _predicted_var_hit_rate(2, 300_000, rng)) <= 3.29 * math.sqrt(0.085 * 0.915 / series)
 
 
+def test_calibration_rates_on_gaussian_data_equal_the_exact_prediction_interval(tmp_path):
+    """Gaussian returns: ``(r_{n+1} - mu) / (s sqrt(1 + 1/n)) ~ t(n-1)`` exactly, so the
+    analytic VaR (``mu + s sqrt(1 + c/n) sqrt(3/5) t_5(0.01)``) is exceeded with probability
+    ``P(T_{n-1} < sqrt((1 + c/n)/(1 + 1/n)) sqrt(3/5) t_5(0.01))``; sigma 1 % keeps the clamp
+    out of reach."""
+    series, length = 4000, 6  # n = 2..4
+    rng = np.random.default_rng(21)
+    with open(tmp_path / "g.jsonl", "wb") as out:
+        for i in range(series):
+            levels = 1000.0 * np.cumprod(np.concatenate(([1.0], 1.0 + 0.01 * rng.standard_normal(length - 1))))
+            out.write(orjson.dumps({"series_id": f"g{i}", "levels": levels.tolist()}) + b"\n")
+    fc = forecast.run(read_panel(tmp_path / "g.jsonl", {}), seed=0)
+    t5 = sps.t.ppf(0.01, 5)
+    for c in (0.0, 4.0, 8.0):
+        for n in (2, 3, 4):
+            exact = sps.t.cdf(math.sqrt((1 + c / n) / (1 + 1 / n)) * math.sqrt(3 / 5) * t5, n - 1)
+            band = 3.29 * math.sqrt(exact * (1 - exact) / series)
+            for side in (0, 1):
+                got = fc.calib_hit[c][side::2][fc.o_n == n].mean()
+                assert abs(got - exact) <= band, (c, n, side, got, exact)
+    assert sps.t.cdf(math.sqrt(3 / 1.5) * math.sqrt(3 / 5) * t5, 1) == pytest.approx(0.0843, abs=1e-4)  # n = 2, c = 4
+
+
 # --------------------------------------------------------------------------- bad input
 def _write(tmp_path: Path, *lines: str) -> str:
     path = tmp_path / "panel.jsonl"

@@ -167,9 +167,12 @@ def panel_report(summary: dict, plots: dict[str, str], command: str) -> str:
                           for c in cs) + "."]
     em = summary["es_methods"]
     lines += ["", "## ES: Monte Carlo against analytic", "",
-              *table(("side", "sampled rows", "mean (mc − analytic)/analytic", "RMS", "max |…|"),
-                     [(side, num(em[side]["sampled"]), pct(em[side]["mean_rel_diff"]), pct(em[side]["rms_rel_diff"]),
-                       pct(em[side]["max_abs_rel_diff"])) for side in ("long", "short")])]
+              *table(("side", "sampled rows", "mean (mc − analytic) / max_loss", "RMS", "max abs",
+                      "rows with ES ≥ 10 % of max_loss", "their mean (mc − analytic) / analytic", "RMS"),
+                     [(side, num(em[side]["sampled"]), pct(em[side]["mean_diff_over_max_loss"]),
+                       pct(em[side]["rms_diff_over_max_loss"]), pct(em[side]["max_abs_diff_over_max_loss"]),
+                       num(em[side]["rows_es_over_10pct"]), pct(em[side]["mean_rel_diff"]),
+                       pct(em[side]["rms_rel_diff"])) for side in ("long", "short")])]
     captions = {
         "exceedances": "Realised loss against VaR, ES and IM at each origin (first series of the panel).",
         "coverage_by_n": "VaR coverage by history length for c = 0, 2, 4, 8, inside the band of a correct model.",
