@@ -276,6 +276,16 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, argv, needle):
     assert code == 2 and err.count("\n") == 1 and needle in err, err
 
 
+def test_a_panel_without_a_forecastable_series_is_bad_input(tmp_path, capsys):
+    path = _write(tmp_path, '{"series_id": "S", "levels": [1, 2, 3]}')  # 2 returns, no outcome after them
+    assert main(["backtest", path, "--out", str(tmp_path / "o")]) == 2
+    assert "no series has enough levels" in capsys.readouterr().err
+    prior = _write(tmp_path, '{"series_id": "S", "levels": [1, 2, 3], "params": {"sigma_prior": 0.1}}')
+    assert main(["backtest", prior, "--out", str(tmp_path / "o"), "--sims", "10"]) in (0, 1)
+    summary = orjson.loads((tmp_path / "o" / "summary.json").read_bytes())
+    assert summary["input"]["origins"] == 1 and summary["cells"][0]["bucket"] == "1"  # n = 1 with sigma_prior
+
+
 def test_bad_panel_through_the_real_entry_point_has_no_traceback(tmp_path):
     path = _write(tmp_path, '{"series_id": "Z", "levels": [1, 2, 0]}')
     proc = subprocess.run([sys.executable, "-m", "stream", "backtest", path, "--out", str(tmp_path / "o")],

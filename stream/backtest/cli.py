@@ -227,7 +227,8 @@ def _one_line_error(message: str) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backtest", help="backtest the margin model on a panel of KPI series, or what the processor published",
-        description=__doc__.split("\n\n")[1] if __doc__ else None, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(__doc__.split("\n\n")[2:4]) if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Method, statistics and gates: docs/backtest.md.")
     p.error = _one_line_error  # type: ignore[method-assign]  # one line, exit 2, like every other failure
     parse_known = p.parse_known_args
