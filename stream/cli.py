@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a flash message or a JSON list of them (repeatable)")
     p.set_defaults(func=cmd_whatif)
 
+    from .backtest.cli import add_commands as add_backtest_commands
+
+    add_backtest_commands(sub)
+
     try:
         from . import cli_stream
     except ImportError:  # pragma: no cover - streaming extras missing

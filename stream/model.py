@@ -246,13 +246,73 @@ def sorted_standard_t(nu: float, samples: int, seed: int) -> np.ndarray:
     return draws
 
 
-def mc_tail_means(anchor: float, loc: float, t_scale: float, lower: float, upper: float, params: Params) -> tuple[float, float]:
-    """Mean of the lowest and of the highest ``m`` clamped MC outcomes (SPEC §2.9)."""
+def mc_tail_outcomes(anchor: float, loc: float, t_scale: float, lower: float, upper: float,
+                     params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and the highest ``m`` clamped MC outcomes, each ascending (SPEC §2.9):
+    ``low[-1]`` is the m-th lowest outcome, ``high[0]`` the m-th highest."""
     m = params.tail_count()
     draws = sorted_standard_t(params.nu, params.mc_samples, params.mc_seed)
     low = np.clip(anchor * (1.0 + loc + t_scale * draws[:m]), lower, upper)
     high = np.clip(anchor * (1.0 + loc + t_scale * draws[-m:]), lower, upper)
+    return low, high
+
+
+def mc_tail_means(anchor: float, loc: float, t_scale: float, lower: float, upper: float, params: Params) -> tuple[float, float]:
+    """Mean of the lowest and of the highest ``m`` clamped MC outcomes (SPEC §2.9)."""
+    low, high = mc_tail_outcomes(anchor, loc, t_scale, lower, upper, params)
     return float(low.mean()), float(high.mean())
+
+
+def mc_outcome_quantiles(anchor: float, loc: float, t_scale: float, lower: float, upper: float,
+                         params: Params) -> tuple[float, float]:
+    """The m-th lowest and the m-th highest of the M clamped MC outcomes, ``m`` the ES tail
+    count: a position's loss there is its mc VaR, the m-th worst of the M losses."""
+    low, high = mc_tail_outcomes(anchor, loc, t_scale, lower, upper, params)
+    return float(low[-1]), float(high[0])
+
+
+@lru_cache(maxsize=64)
+def tail_points(alpha: float, nu: float) -> tuple[float, float]:
+    """The Student-t(nu) quantiles at ``1 - alpha`` and ``alpha`` (``ppf(p)``, ``isf(p)``,
+    ``p = 1 - alpha``): where the analytic lower and upper ES tails start."""
+    p = 1.0 - alpha
+    return float(stats.t.ppf(p, nu)), float(stats.t.isf(p, nu))
+
+
+def outcome_at(t, anchor, loc, t_scale, lower, upper):
+    """The clamped outcome ``clamp(anchor*(1 + loc) + anchor*t_scale*t, lower, upper)`` at a
+    Student-t value ``t`` (SPEC §2.4–2.5), as the analytic tail integral writes it;
+    element-wise on numpy arrays. Non-decreasing in ``t``: the outcome's quantile at level
+    ``u`` is its value at the t quantile at ``u``."""
+    return np.clip(anchor * (1.0 + loc) + anchor * t_scale * t, lower, upper)
+
+
+def outcome_quantiles(anchor: float, loc: float, t_scale: float, lower: float, upper: float,
+                      params: Params) -> tuple[float, float]:
+    """Exact ``(1 - alpha)`` and ``alpha`` quantiles of the clamped outcome (see
+    :func:`outcome_at`): a position's loss at one of them is its analytic VaR."""
+    t_low, t_high = tail_points(params.alpha, params.nu)
+    return (float(outcome_at(t_low, anchor, loc, t_scale, lower, upper)),
+            float(outcome_at(t_high, anchor, loc, t_scale, lower, upper)))
+
+
+def outcome_cdf(x, anchor, loc, t_scale, lower, upper, nu):
+    """``(F(x-), F(x))`` of the clamped outcome ``clamp(anchor*(1 + loc + t_scale*T))``,
+    ``T ~ t(nu)``: the point masses at ``lower`` and ``upper`` (and the whole mass when
+    ``t_scale`` is 0) are the jumps. Element-wise on numpy arrays or floats."""
+    x, anchor, loc, t_scale, lower, upper, nu = np.broadcast_arrays(
+        *(np.asarray(v, dtype=np.float64) for v in (x, anchor, loc, t_scale, lower, upper, nu)))
+    a0 = anchor * (1.0 + loc)
+    b0 = anchor * t_scale
+    spread = b0 > 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inner = stats.t.cdf(np.where(spread, (x - a0) / np.where(spread, b0, 1.0), 0.0), nu)
+    centre = np.clip(a0, lower, upper)  # where the whole mass sits when t_scale is 0
+    f = np.where(spread, inner, (x >= centre).astype(np.float64))
+    f_left = np.where(spread, inner, (x > centre).astype(np.float64))
+    f = np.where(x >= upper, 1.0, np.where(x < lower, 0.0, f))
+    f_left = np.where(x > upper, 1.0, np.where(x <= lower, 0.0, f_left))
+    return f_left, f
 
 
 def _t_partial_first_moment(x: float, nu: float) -> float:
@@ -296,11 +356,16 @@ def analytic_tail_means(anchor: float, loc: float, t_scale: float, lower: float,
         certain = clamp(a0, lower, upper)
         return certain, certain
     p = 1.0 - params.alpha
-    t_low = float(stats.t.ppf(p, params.nu))
-    t_high = float(stats.t.isf(p, params.nu))
+    t_low, t_high = tail_points(params.alpha, params.nu)
     low = _clamped_integral(a0, b0, -math.inf, t_low, lower, upper, params.nu) / p
     high = _clamped_integral(a0, b0, t_high, math.inf, lower, upper, params.nu) / p
     return clamp(low, lower, upper), clamp(high, lower, upper)
+
+
+def student_t_scale(sigma_adj: float, nu: float, flash_scale: float = 1.0) -> float:
+    """``sigma_adj * sqrt((nu-2)/nu) * flash_scale``: the scale of the Student-t whose
+    standard deviation is ``sigma_adj`` (SPEC §2.4), times the flash's ``sqrt(1 - w)``."""
+    return sigma_adj * math.sqrt((nu - 2.0) / nu) * flash_scale
 
 
 def risk_vector(
@@ -321,7 +386,7 @@ def risk_vector(
         anchor, loc, flash_scale = float(history[-1]), est.mu, 1.0
     else:
         anchor, loc, flash_scale = float(flash_value), 0.0, math.sqrt(max(0.0, 1.0 - flash_coverage))
-    t_scale = est.sigma_adj * math.sqrt((params.nu - 2.0) / params.nu) * flash_scale
+    t_scale = student_t_scale(est.sigma_adj, params.nu, flash_scale)
     tails = analytic_tail_means if params.es_method == "analytic" else mc_tail_means
     tail_low, tail_high = tails(anchor, loc, t_scale, lower, upper, params)
     scenario_returns = (est.r_min, est.r_max, -params.lam * est.sigma_adj, params.lam * est.sigma_adj)
@@ -399,6 +464,12 @@ def _risk_dict(
     }
 
 
+def position_loss(q, a, outcome, lower, upper):
+    """``loss(K~) = (a - q*K~) / R`` of a net position at a clamped outcome (SPEC §2.7);
+    floats or numpy arrays."""
+    return (a - q * outcome) / (upper - lower)
+
+
 def position_components(q: float, a: float, rv: RiskVector, conv_f: float) -> tuple[float, float, float, float, float, float, float]:
     """``(im, max_loss, es, stress, conv, stat, conc)`` of one net position ``(q, a)`` in
     O(1) (SPEC §2.7–2.13), as plain floats; see the module doc. This is the one scalar
@@ -464,6 +535,6 @@ def direct_es(q: float, a: float, anchor: float, loc: float, t_scale: float, low
     the worst ``m`` losses. O(M log M) per call -- the reference the fast path must equal."""
     draws = np.random.default_rng(params.mc_seed).standard_t(params.nu, params.mc_samples)
     outcomes = np.clip(anchor * (1.0 + loc + t_scale * draws), lower, upper)
-    losses = (a - q * outcomes) / (upper - lower)
+    losses = position_loss(q, a, outcomes, lower, upper)
     m = params.tail_count()
     return float(np.sort(losses)[-m:].mean())
