@@ -11,7 +11,7 @@ from typing import AsyncIterator, Callable, Iterable
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .ordered_log import log_partition  # noqa: F401  (re-exported for callers)
 from .settings import Settings
@@ -46,22 +46,32 @@ def all_topics(settings: Settings) -> list[str]:
     return [settings.topic(t) for t in (*INPUT_TOPICS, LOG, *OUTPUT_TOPICS)]
 
 
+def faust_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """The topics faust would declare for the worker's app, ``name -> (partitions,
+    configs)``: the state table's changelog (compacted, co-partitioned with the log) and
+    the leader assignor's topic. :func:`ensure_topics` creates them; faust does not."""
+    return {f"{settings.app_id}-state-changelog": (settings.partitions, {"cleanup.policy": "compact"}),
+            f"{settings.app_id}-__assignor-__leader": (1, {})}
+
+
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create every topic the processor reads or writes, with ``settings.partitions``
-    partitions; existing topics are left as they are. With a replication factor of 3 or
-    more they get ``min.insync.replicas=2``: an acknowledged write (acks=all) is then on
-    at least two brokers, and one broker down still leaves the topics writable."""
+    partitions, and faust's own (:func:`faust_topics`); existing topics are left as they
+    are. With a replication factor of 3 or more they get ``min.insync.replicas=2``: an
+    acknowledged write (acks=all) is then on at least two brokers, and one broker down
+    still leaves the topics writable. Broker errors are retried for ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     configs = {"min.insync.replicas": "2"} if settings.replication_factor >= 3 else {}
+    topics = {**{name: (settings.partitions, {}) for name in all_topics(settings)}, **faust_topics(settings)}
     while True:
         admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=10_000)
         try:
             await admin.start()
             existing = set(await admin.list_topics())
             wanted = [
-                NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
-                         topic_configs=configs)
-                for name in all_topics(settings)
+                NewTopic(name, num_partitions=partitions, replication_factor=settings.replication_factor,
+                         topic_configs={**configs, **extra})
+                for name, (partitions, extra) in topics.items()
                 if name not in existing
             ]
             for topic in wanted:  # one by one: an existing one must not hide the others
@@ -106,6 +116,44 @@ def _later_timestamp_ms() -> int:
     return _last_timestamp_ms
 
 
+_grants_producer_ids: dict[str, bool] = {}  # bootstrap servers -> answer of supports_idempotence
+
+
+async def supports_idempotence(settings: Settings) -> bool:
+    """Whether the cluster grants producer ids (``InitProducerId``): Apache Kafka does, the
+    embedded Tansu answers with an error. Asked once per bootstrap list and process."""
+    if settings.bootstrap not in _grants_producer_ids:
+        from aiokafka.client import AIOKafkaClient
+        from aiokafka.protocol.transaction import InitProducerIdRequest
+
+        from aiokafka.errors import for_code
+
+        client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=10_000)
+        deadline = time.monotonic() + 30.0
+        granted = False
+        try:
+            await client.bootstrap()
+            while time.monotonic() < deadline:
+                try:
+                    answer = await client.send(client.get_random_node(), InitProducerIdRequest(
+                        transactional_id=None, transaction_timeout_ms=60_000))
+                except KafkaError as exc:  # e.g. the node picked is down: ask another
+                    if not exc.retriable:
+                        break
+                else:
+                    # a cluster that just started answers COORDINATOR_LOAD_IN_PROGRESS for a while
+                    granted = answer.error_code == 0
+                    if granted or not for_code(answer.error_code).retriable:
+                        break
+                await asyncio.sleep(0.2)
+        except Exception:  # noqa: BLE001 - a broker that cannot answer this request has no producer ids
+            granted = False
+        finally:
+            await client.close()
+        _grants_producer_ids[settings.bootstrap] = granted
+    return _grants_producer_ids[settings.bootstrap]
+
+
 async def publish(
     settings: Settings, topic: str, lines: Iterable[bytes], skip_blank: bool = True
 ) -> list[tuple[int, int]]:
@@ -115,8 +163,15 @@ async def publish(
 
     The messages carry a timestamp later than any an earlier call of this process gave:
     the processor orders topics by record timestamp (ties by topic), so a call published
-    after another one is ordered after it even within the same millisecond."""
-    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5)
+    after another one is ordered after it even within the same millisecond.
+
+    Where the broker grants producer ids (Apache Kafka), the producer is idempotent: a send
+    whose answer was lost, or that met a leader change, is retried until the broker takes
+    it, and never lands twice. Elsewhere a send is retried until ``request_timeout_s`` and
+    then fails (the caller sees the error; a message may then have landed twice)."""
+    idempotent = await supports_idempotence(settings)
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5, enable_idempotence=idempotent,
+                                request_timeout_ms=int(settings.request_timeout_s * 1000))
     await producer.start()
     try:
         stamp = _later_timestamp_ms()
@@ -147,16 +202,21 @@ async def read_topic(
 ) -> AsyncIterator[tuple[int, int, int, bytes | None, bytes | None]]:
     """Yield ``(partition, offset, timestamp_ms, key, value)`` from every partition of a
     (logical) topic without joining a group. Ends after ``idle_timeout_s`` without a
-    message (never, if None) or when ``stop()`` turns true.
+    message once every partition is read up to the end offset it had when the reading
+    began (never, if None), or when ``stop()`` turns true. (A quiet spell alone is no end:
+    on a replicated cluster a fetch can stall for seconds while a leader moves.)
 
     After ``reconnect_idle_s`` without data the client is replaced and resumes where it
     was: the embedded broker has been seen to stop answering a long-lived reader's
     fetches while a fresh connection reads on."""
     name = settings.topic(topic)
     positions: dict[int, int] = {}
+    ends: dict[TopicPartition, int] | None = None  # where each partition ended when the reading began
     last = time.monotonic()
     while not (stop and stop()):
-        consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None)
+        # earliest: an offset out of range (e.g. met while a leader moves) must never skip data
+        consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None,
+                                    auto_offset_reset="earliest" if from_beginning else "latest")
         await consumer.start()
         try:
             tps = await _assign(consumer, name, settings)
@@ -169,6 +229,8 @@ async def read_topic(
                     await consumer.seek_to_beginning(tp)
                 else:
                     await consumer.seek_to_end(tp)
+            if ends is None:
+                ends = await consumer.end_offsets(tps) if from_beginning else {}
             quiet_since = time.monotonic()
             while not (stop and stop()):
                 batch = await consumer.getmany(timeout_ms=200, max_records=1000)
@@ -181,7 +243,8 @@ async def read_topic(
                 now = time.monotonic()
                 if got:
                     last = quiet_since = now
-                elif idle_timeout_s is not None and now - last > idle_timeout_s:
+                elif idle_timeout_s is not None and now - last > idle_timeout_s and \
+                        all([await consumer.position(tp) >= end for tp, end in ends.items()]):
                     return
                 elif now - quiet_since > reconnect_idle_s:
                     for tp in tps:  # remember where each partition stands, then reconnect
@@ -204,12 +267,21 @@ async def _assign(consumer: AIOKafkaConsumer, name: str, settings: Settings) -> 
     return tps
 
 
-async def topic_partitions(settings: Settings, name: str, timeout_s: float = 10.0) -> list[int]:
-    """The partition numbers of topic ``name`` (an empty list when it does not exist)."""
-    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
-    await admin.start()
-    try:
-        described = await admin.describe_topics([name])
-    finally:
-        await admin.close()
+async def topic_partitions(settings: Settings, name: str, timeout_s: float = 10.0, retry_s: float = 60.0) -> list[int]:
+    """The partition numbers of topic ``name`` (an empty list when it does not exist).
+    Each request may take ``timeout_s``; retriable broker errors are retried for ``retry_s``
+    (a broker that is down or frozen: another one answers)."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await admin.start()
+            described = await admin.describe_topics([name])
+            break
+        except KafkaError as exc:  # e.g. the node the admin client picked is down: ask another
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
     return sorted(p["partition"] for t in described if t.get("error_code", 0) == 0 for p in t.get("partitions", ()))

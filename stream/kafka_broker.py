@@ -236,18 +236,51 @@ class KafkaCluster:
         works inside a running event loop too). -1 while the partition has no leader."""
         from aiokafka import TopicPartition
 
-        live = [n for n in self.node_ids if self.pid(n) is not None and n not in self._paused]
-        if not live:
-            raise KafkaBrokerError("no node of the cluster is running")
-        bootstrap = ",".join(f"127.0.0.1:{self._client_ports[n - 1]}" for n in live)
         try:
-            metadata = _run_async(_metadata(bootstrap))
+            metadata = _run_async(_metadata(self._live_bootstrap()))
         except Exception as exc:
             raise KafkaBrokerError(f"metadata request failed: {type(exc).__name__}: {exc}") from None
         leader = metadata.leader_for_partition(TopicPartition(topic, partition))
         if leader is None:
             raise KafkaBrokerError(f"no partition {partition} of topic {topic!r} in the cluster's metadata")
         return int(leader)
+
+    def under_replicated(self) -> list[tuple[str, int]]:
+        """Every ``(topic, partition)`` with fewer in-sync replicas than replicas, or no
+        leader, from a fresh metadata answer of the running nodes."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        async def describe():
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._live_bootstrap(), request_timeout_ms=5000)
+            await admin.start()
+            try:
+                return await admin.describe_topics(None)
+            finally:
+                await admin.close()
+
+        return sorted((t["topic"], p["partition"]) for t in _run_async(describe()) for p in t["partitions"]
+                      if p["leader"] < 0 or len(p["isr"]) < len(p["replicas"]))
+
+    def wait_in_sync(self, timeout_s: float = 120.0) -> None:
+        """Until no partition is under-replicated (what an operator waits for between two
+        steps of a rolling restart)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                lagging = self.under_replicated()
+            except Exception as exc:  # a node still settling after a restart: ask again
+                lagging = [f"{type(exc).__name__}: {exc}"]
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise KafkaBrokerError(f"partitions still under-replicated after {timeout_s:.0f} s: {lagging[:5]}")
+            time.sleep(0.5)  # polling interval of the check, not a synchronisation
+
+    def _live_bootstrap(self) -> str:
+        live = [n for n in self.node_ids if self.pid(n) is not None and n not in self._paused]
+        if not live:
+            raise KafkaBrokerError("no node of the cluster is running")
+        return ",".join(f"127.0.0.1:{self._client_ports[n - 1]}" for n in live)
 
     # ------------------------------------------------------------------ internals
     def _check_node(self, node_id: int) -> None:

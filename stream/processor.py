@@ -119,7 +119,10 @@ def faust_config(settings: Settings) -> dict:
         web_metrics_enabled=False,
         stream_wait_empty=False,
         stream_buffer_maxsize=settings.stream_buffer_records,  # faust's default, 4,096, holds GBs of batched records
-        topic_allow_declare=True,
+        # every topic, faust's own included, is created by stream.kafka.ensure_topics before
+        # the app starts: faust's declaration sends its CreateTopics to the first broker its
+        # metadata lists, and a worker starting while that broker is down would crash
+        topic_allow_declare=False,
     )
 
 

@@ -13,7 +13,7 @@ import os
 import signal
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -56,8 +56,6 @@ def start_broker(kind: str) -> Iterator[str]:
     own jars run by ``stream.kafka_broker`` (fetched with Maven once, then cached). Where
     neither Java nor Maven is installed the real-Kafka cases are skipped with the reason --
     except under CI (``CI=true``), where a real-Kafka case that cannot start fails."""
-    import pytest
-
     if kind == "external":
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     elif kind == "embedded":
@@ -73,22 +71,33 @@ def start_broker(kind: str) -> Iterator[str]:
         with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
     else:
-        from stream.kafka_broker import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
-        from stream.kafka_dist import is_cached
-
-        missing = missing_tools(need_maven=not is_cached(KAFKA_VERSION))
-        if missing:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"real Kafka cannot start under CI: {missing}")
-            pytest.skip(f"real Kafka: {missing}")
-        try:
-            cluster = KafkaCluster().start()
-        except KafkaBrokerError as exc:
-            pytest.fail(f"real Kafka did not start: {exc}")
-        try:
+        with kafka_cluster(nodes=1) as cluster:
             yield cluster.bootstrap
-        finally:
-            cluster.stop()
+
+
+@contextmanager
+def kafka_cluster(nodes: int):
+    """A :class:`stream.kafka_broker.KafkaCluster` of ``nodes`` started for a test (its jars
+    fetched with Maven once, then cached), stopped afterwards. Without Java or Maven the
+    test is skipped with the reason, except under CI (``CI=true``), where it fails."""
+    import pytest
+
+    from stream.kafka_broker import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
+    from stream.kafka_dist import is_cached
+
+    missing = missing_tools(need_maven=not is_cached(KAFKA_VERSION))
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real Kafka cannot start under CI: {missing}")
+        pytest.skip(f"real Kafka: {missing}")
+    try:
+        cluster = KafkaCluster(nodes=nodes).start()
+    except KafkaBrokerError as exc:
+        pytest.fail(f"real Kafka did not start: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def fresh_settings(bootstrap: str, tmp: Path, **overrides) -> Settings:
@@ -336,6 +345,63 @@ class Cluster:
         return rows
 
 
+def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
+    """What every fault test asserts once the workers settled, against independent
+    expectations: every published input is in the log or the dead letters (nothing lost);
+    no input is dead-lettered (the scenarios hold no bad input); the published records
+    (each id with one content, :meth:`Cluster.outputs`) equal what the pure engine publishes
+    applying the inputs in the order they were published -- what a clean run publishes --
+    and a pure replay of ``margin.log``; the persisted state equals the replayed state; and
+    ``kpimargin replay`` reports no mismatch. Returns the counts to print."""
+    import subprocess
+    import sys
+
+    from .conftest import comparable_rows
+
+    replayed, states = cluster.replayed()
+    rows = cluster.table_rows()
+    log_records = cluster.read(LOG, idle_s=2.0)
+    routed = cluster.routed_sources()
+    proc = subprocess.run([sys.executable, "-m", "stream", "replay"], env={**os.environ, **cluster.settings.env()},
+                          capture_output=True, text=True, timeout=900)
+    published = cluster.published_sources()
+    assert routed == published, (f"{len(published - routed)} inputs missing from the log and the dead letters, e.g. "
+                                 f"{sorted(published - routed)[:5]}; {len(routed - published)} never published, e.g. "
+                                 f"{sorted(routed - published)[:5]}")
+    dead = [r for r in outputs.values() if r["_topic"] == DEADLETTER]
+    assert not dead, f"{len(dead)} good inputs dead-lettered, e.g. {[(d['reason'], d['source']) for d in dead[:5]]}"
+    expected = in_publication_order(cluster.published, cluster.settings)
+    assert set(outputs) == set(expected), (f"the outputs differ from the pure engine applied in publication order: "
+                                           f"{len(set(outputs) - set(expected))} extra, "
+                                           f"{len(set(expected) - set(outputs))} missing")
+    for rid, record in expected.items():
+        assert outputs[rid] == record, f"record {rid} differs from the publication-order computation"
+    assert set(outputs) == set(replayed), (
+        f"the outputs differ from a replay of margin.log: published, not replayed "
+        f"{[(outputs[i]['_topic'], outputs[i].get('cause')) for i in sorted(set(outputs) - set(replayed))[:3]]}; "
+        f"replayed, not published {[(replayed[i]['_topic'], replayed[i].get('cause')) for i in sorted(set(replayed) - set(outputs))[:3]]}")
+    for rid, record in replayed.items():
+        assert outputs[rid] == record, f"record {rid} differs from its replay"
+    for partition, state in states.items():
+        got, want = comparable_rows(rows.get(partition, {}).items()), comparable_rows(state.rows())
+        differ = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        assert not differ, (f"persisted state of log partition {partition} differs from the replayed state in "
+                            f"{len(differ)} rows, e.g. {differ[0]}: persisted {got.get(differ[0])}, "
+                            f"replayed {want.get(differ[0])}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"inputs": len(cluster.published), "log_records": len(log_records),
+            "log_entries": sum(len(record_entries(value)) for _p, _o, value in log_records),
+            "records": len(outputs), "replayed": len(replayed), "mismatches": 0, "replay_exit": proc.returncode}
+
+
+def breakdown(outputs: dict[str, dict]) -> str:
+    """Published records per topic, dead letters per reason."""
+    topics = Counter(record["_topic"] for record in outputs.values())
+    reasons = Counter(record["reason"] for record in outputs.values() if record["_topic"].endswith("margin.deadletter"))
+    return ", ".join([f"{n} {topic}" for topic, n in sorted(topics.items())] +
+                     [f"{n} {reason}" for reason, n in sorted(reasons.items())])
+
+
 def in_publication_order(published, settings) -> dict[str, dict]:
     """Every record the pure engine publishes applying the inputs in publication order, as
     one state, each with the cause its real topic, partition and offset give."""
@@ -362,5 +428,5 @@ def run_phases_and_settle(cluster: Cluster, phases: list[dict]) -> dict[str, dic
     return cluster.settle()
 
 
-__all__ = ["Cluster", "broker_kinds", "by_account", "fresh_settings", "in_publication_order", "run_phases_and_settle",
+__all__ = ["Cluster", "broker_kinds", "by_account", "breakdown", "check_outcome", "kafka_cluster", "fresh_settings", "in_publication_order", "run_phases_and_settle",
            "start_broker", "wait_until"]
