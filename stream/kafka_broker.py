@@ -233,7 +233,9 @@ class KafkaCluster:
 
     def leader_of(self, topic: str, partition: int) -> int:
         """The node id leading a partition, from a fresh metadata request (synchronous;
-        works inside a running event loop too). -1 while the partition has no leader."""
+        works inside a running event loop too). -1 while the partition has no leader, or
+        while the node that answered does not know the topic yet (a new topic reaches each
+        node's metadata cache a moment after CreateTopics returns)."""
         from aiokafka import TopicPartition
 
         try:
@@ -241,9 +243,7 @@ class KafkaCluster:
         except Exception as exc:
             raise KafkaBrokerError(f"metadata request failed: {type(exc).__name__}: {exc}") from None
         leader = metadata.leader_for_partition(TopicPartition(topic, partition))
-        if leader is None:
-            raise KafkaBrokerError(f"no partition {partition} of topic {topic!r} in the cluster's metadata")
-        return int(leader)
+        return -1 if leader is None else int(leader)
 
     def under_replicated(self) -> list[tuple[str, int]]:
         """Every ``(topic, partition)`` with fewer in-sync replicas than replicas, or no

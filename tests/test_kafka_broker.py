@@ -318,7 +318,7 @@ def test_a_topic_stays_readable_when_its_leader_is_killed_and_restarted(three):
     wait_until(lambda: asyncio.run(isr_of(three.bootstrap, topic)) == [1, 2, 3], 30, "all three replicas in sync")
     first = [f"a{i}".encode() for i in range(50)]
     asyncio.run(produce(three.bootstrap, topic, first))
-    victim = three.leader_of(topic, 0)
+    victim = wait_until(lambda: max(three.leader_of(topic, 0), 0), 30, "the new topic's leader")
     assert victim in three.node_ids
 
     three.kill(victim)
@@ -339,6 +339,7 @@ def test_pause_stops_a_node_and_resume_lets_it_answer_again(three):
     asyncio.run(create_topic(three.bootstrap, topic, 3))
     node = three.node_ids[-1]
     pid = three.pid(node)
+    wait_until(lambda: three.leader_of(topic, 0) in three.node_ids, 30, "the new topic known")
     three.pause(node)
     try:
         assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"  # stopped
