@@ -1,6 +1,8 @@
-"""One benchmark command: ``python -m bench [--quick] [--no-write]``.
+"""One benchmark command: ``python -m bench [--broker embedded|kafka] [--quick] [--no-write]``.
 
-Measures, in one run, on the embedded broker (or ``KAFKA_BOOTSTRAP_SERVERS``):
+Measures, in one run, on the embedded Tansu broker (the default), on a one-node Apache Kafka
+it starts itself (``--broker kafka``: :class:`stream.kafka_broker.KafkaCluster`, jars from
+Maven Central, cached), or on ``KAFKA_BOOTSTRAP_SERVERS`` when that is set:
 
 * ``passthrough_eps``: raw aiokafka consume-and-produce, one output per input, no logic --
   the limit of this stack;
@@ -27,7 +29,8 @@ and in-process:
   process).
 
 The full run adds the processor with 2 worker processes (scale-out) and writes
-``bench/RESULTS.md`` (between its generated-section markers). ``--quick`` finishes in
+``bench/RESULTS.md``: each broker's table between its own generated-section markers, and a
+side-by-side table of the two brokers' last full runs. ``--quick`` finishes in
 about a minute. The last line printed is one JSON object with every figure.
 """
 
@@ -53,7 +56,17 @@ from .core import Fixture, bench_risk_vector, code_version, machine, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
-BEGIN, END = "<!-- python -m bench: begin -->", "<!-- python -m bench: end -->"
+BROKERS = ("embedded", "kafka")
+
+
+def markers(broker: str) -> tuple[str, str]:
+    """The generated-section markers of one broker's table (the embedded one keeps the
+    markers it had before there were two)."""
+    name = "python -m bench" if broker == "embedded" else f"python -m bench --broker {broker}"
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
+SIDE_BY_SIDE = ("<!-- python -m bench, both brokers: begin -->", "<!-- python -m bench, both brokers: end -->")
 
 
 # --------------------------------------------------------------------------- in-process
@@ -159,8 +172,18 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path) -> dict:
     return figures
 
 
-def run(quick: bool) -> dict:
+def start_broker(engine: str):
+    """The broker the run measures, started here: ``(broker object, its description)``."""
+    if engine == "kafka":
+        from stream.kafka_broker import KAFKA_VERSION, KafkaCluster
+
+        return KafkaCluster(nodes=1).start(), f"Apache Kafka {KAFKA_VERSION} (1 node, KRaft, started by the run)"
     from stream.broker import EmbeddedBroker
+
+    return EmbeddedBroker().start(), "embedded Tansu"
+
+
+def run(quick: bool, engine: str = "embedded") -> dict:
     from stream.settings import Settings
 
     started = time.perf_counter()
@@ -168,10 +191,11 @@ def run(quick: bool) -> dict:
     result: dict = {"quick": quick, "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "machine": machine(), "code": code_version()}
     base = Settings.from_env()
-    broker = None if base.bootstrap_servers else EmbeddedBroker().start()
+    broker, result["broker"] = (None, f"KAFKA_BOOTSTRAP_SERVERS={base.bootstrap_servers}") if base.bootstrap_servers \
+        else start_broker(engine)
+    result["engine"] = engine
     try:
         bootstrap = base.bootstrap_servers or broker.bootstrap
-        result["broker"] = "KAFKA_BOOTSTRAP_SERVERS" if base.bootstrap_servers else "embedded Tansu"
         result["stack"] = asyncio.run(broker_figures(bootstrap, quick, log_dir))
     finally:
         if broker is not None:
@@ -212,6 +236,7 @@ def headline(r: dict) -> dict:
 
 
 def markdown(r: dict, command: str) -> str:
+    begin, end = markers(r.get("engine", "embedded"))
     h = headline(r)
     s = r["stack"]
     m = r["machine"]
@@ -230,6 +255,10 @@ def markdown(r: dict, command: str) -> str:
     rows += [
         (f"fill-to-requirement latency at {lat['rate']:,.0f} fills/s offered", f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms",
          f"{lat['measured']:,} fills, max {lat['max_ms']:.1f} ms"),
+        *([(f"where it goes at {lat['rate']:,.0f} fills/s (p50 / p99, from the records' timestamps)",
+            ", ".join(f"{k} {v['p50_ms']:g} / {v['p99_ms']:g} ms" for k, v in lat["stages"].items() if isinstance(v, dict)),
+            "router: fill sent -> log record; engine: log record -> requirement; delivery: requirement -> reader")]
+          if lat.get("stages") else []),
         (f"one broker hop, no logic, at {s['hop']['rate']:,.0f} messages/s (the stack's latency floor)",
          f"p50 {h['hop_p50_ms']} ms, p99 {h['hop_p99_ms']} ms", f"{s['hop']['messages']:,} messages, max {s['hop']['max_ms']:.1f} ms"),
         *([(f"fill-to-requirement latency at {s['processor']['latency_unsaturated']['rate']:,.0f} fills/s offered",
@@ -247,8 +276,8 @@ def markdown(r: dict, command: str) -> str:
          f"{r['memory']['positions']:,} positions built"),
     ]
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
-    return f"""{BEGIN}
-## `python -m bench` (generated by the full run)
+    return f"""{begin}
+## `{command}` (generated by the full run)
 
 - **Command:** `{command}`
 - **Date:** {r['date_utc']}; code `{r['code'].get('git_head')}` (core digest {r['code'].get('core_sha256_12')}); broker: {r['broker']}; run time {r['seconds']:.0f} s.
@@ -264,32 +293,100 @@ Last line of the run:
 ```json
 {orjson.dumps(h).decode()}
 ```
-{END}"""
+{end}"""
+
+
+def _replace_block(text: str, begin: str, end: str, section: str, after: str | None = None) -> str:
+    """``text`` with the block between ``begin`` and ``end`` replaced by ``section``; a new
+    block goes right after the block ending in ``after`` when there is one, else under the
+    title."""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        return head + section + tail
+    if after and after in text:
+        head, tail = text.split(after, 1)
+        return f"{head}{after}\n\n{section}{tail}"
+    title, _, body = text.partition("\n")
+    return f"{title}\n\n{section}\n{body}"
+
+
+def _headline_of(text: str, broker: str) -> dict | None:
+    """The JSON headline inside a broker's generated block of RESULTS.md (None without one)."""
+    begin, end = markers(broker)
+    if begin not in text or end not in text:
+        return None
+    block = text.split(begin, 1)[1].split(end, 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("{")]
+    return orjson.loads(lines[-1]) if lines else None
+
+
+SIDE_ROWS = [  # (headline key, what it measures, unit)
+    ("passthrough_eps", "(a) raw aiokafka pass-through", "events/s"),
+    ("faust_floor_eps", "(b) faust agent, one table write per event", "events/s"),
+    ("processor_eps", "(c) processor, 1 worker", "fills/s"),
+    ("processor_2_workers_eps", "(c') processor, 2 worker processes", "fills/s"),
+    ("processor_share_of_passthrough", "(c) / (a)", ""),
+    ("p50_ms", "fill-to-requirement p50 at 1,000 fills/s", "ms"),
+    ("p99_ms", "fill-to-requirement p99 at 1,000 fills/s (target <= 20 ms)", "ms"),
+    ("hop_p50_ms", "one bare broker hop p50 at 1,000 messages/s", "ms"),
+    ("hop_p99_ms", "one bare broker hop p99 at 1,000 messages/s", "ms"),
+]
+
+
+def side_by_side(text: str) -> str:
+    """The generated table of both brokers' broker-side figures, from their blocks."""
+    heads = {b: _headline_of(text, b) for b in BROKERS}
+    rows = []
+    for key, what, unit in SIDE_ROWS:
+        cells = []
+        for b in BROKERS:
+            value = (heads[b] or {}).get(key)
+            cells.append("—" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:g}"))
+        rows.append(f"| {what} | {' | '.join(cells)} | {unit} |")
+    begin, end = SIDE_BY_SIDE
+    return (f"{begin}\n## Both brokers side by side (generated from the two blocks below)\n\n"
+            "The in-process figures (fan-out, what-if, re-estimation, memory) do not involve the broker; each "
+            "block below has its own.\n\n"
+            "| measure | embedded Tansu | Apache Kafka (1 node) | unit |\n|---|---|---|---|\n"
+            + "\n".join(rows) + f"\n{end}")
 
 
 def write_results(r: dict, command: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = markdown(r, command)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        title, _, body = text.partition("\n")
-        text = f"{title}\n\n{section}\n{body}"
+    engine = r.get("engine", "embedded")
+    begin, end = markers(engine)
+    others = [markers(b)[1] for b in BROKERS if b != engine]
+    text = _replace_block(text, begin, end, markdown(r, command), after=others[0] if engine == "kafka" else None)
+    text = _replace_block(text, *SIDE_BY_SIDE, side_by_side(text))
     RESULTS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=BROKERS, default="embedded",
+                        help="the broker the run starts and measures: the embedded Tansu (default) or a one-node "
+                             "Apache Kafka (needs java and mvn; jars cached after the first run)")
     parser.add_argument("--quick", action="store_true", help="smaller runs, about a minute; writes nothing")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args(argv)
-    r = run(args.quick)
+    if args.broker == "kafka":
+        from stream.kafka_broker import KAFKA_VERSION, missing_tools
+        from stream.kafka_dist import is_cached
+
+        missing = missing_tools(need_maven=not is_cached(KAFKA_VERSION))
+        if missing:
+            print(f"python -m bench --broker kafka: {missing}", file=sys.stderr)
+            return 2
+    try:
+        r = run(args.quick, args.broker)
+    except Exception as exc:  # one line, no traceback: the broker did not start, a worker failed, ...
+        print(f"python -m bench: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     print(orjson.dumps(r, option=orjson.OPT_INDENT_2).decode())
     if not args.quick and not args.no_write:
-        write_results(r, "python -m bench")
+        write_results(r, "python -m bench" + (f" --broker {args.broker}" if args.broker != "embedded" else ""))
         print(f"wrote {RESULTS}", file=sys.stderr)
     print(orjson.dumps(headline(r)).decode())
     return 0

@@ -26,7 +26,9 @@ def main() -> None:
     total = int(os.environ["BENCH_N"])
     out = os.environ["BENCH_OUT"]
     _patch_fetch_wait(settings.fetch_max_wait_ms)
-    app = faust.App(settings.app_id, autodiscover=False, **faust_config(settings))
+    # the processor creates its topics itself (topic_allow_declare=False); this bare agent
+    # lets faust declare its table's changelog, as a plain faust app does
+    app = faust.App(settings.app_id, autodiscover=False, **{**faust_config(settings), "topic_allow_declare": True})
     topic = app.topic(os.environ["BENCH_TOPIC"], key_type=bytes, value_type=bytes, partitions=settings.partitions)
     table = app.Table("floor", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     seen = {"n": 0, "first": 0.0}

@@ -1,13 +1,17 @@
-"""Drain a fill backlog with one worker and profile it: where a busy worker's CPU goes.
+"""Profile one worker: where its CPU goes draining a backlog, or at an offered rate.
 
-    python -m bench.profile [--fills 100000] [--seconds 8] [--out worker.pyspy]
+    python -m bench.profile [--broker embedded|kafka] [--fills 100000] [--seconds 8] [--out worker.pyspy]
+    python -m bench.profile --rate 1000 [--broker kafka] [--seconds 8]
 
-Starts the embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``) and one worker (the
-benchmark's settings, ``bench.stack``), lists the two example contracts, warms up, then
-publishes ``--fills`` fills and, while the worker drains them, samples it with py-spy
-(``py-spy record -r 200 -f raw``, installed separately: ``pip install py-spy``) for
-``--seconds``. Prints the drain rate and the functions by inclusive and by own share of
-the samples. Without py-spy on the PATH it only measures the drain.
+Starts the embedded broker, a one-node Apache Kafka (``--broker kafka``) or uses
+``KAFKA_BOOTSTRAP_SERVERS``, and one worker (the benchmark's settings, ``bench.stack``),
+lists the two example contracts, warms up, then either publishes ``--fills`` fills and,
+while the worker drains them, samples it; or (``--rate``) offers fills at that rate, as the
+latency measure of ``python -m bench`` does, and samples it in the middle of that run and
+prints the latency with its stages. Sampling is py-spy's (``py-spy record -r 200 -f raw``,
+installed separately: ``pip install py-spy``) for ``--seconds``. Prints the functions by
+inclusive and by own share of the samples, and the worker's CPU use over the sampling.
+Without py-spy on the PATH it only measures.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +32,46 @@ from stream.kafka import ensure_topics
 from stream.topics import FILLS
 
 from . import stack
+
+
+def _spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "-f", "raw",
+                             "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None) -> dict:
+    """Offer fills at ``rate``/s for ``seconds`` + 4 s; sample the worker from 2 s in."""
+    log_dir = Path(tempfile.mkdtemp(prefix="kpimargin-profile-"))
+    settings = stack.bench_settings(bootstrap, f"prof{int(time.time())}")
+    await ensure_topics(settings)
+    worker = start_worker_process(settings, log_dir / "worker.log")
+    reader = stack.RequirementReader(settings).start()
+    try:
+        await stack._setup_processor(settings)
+        expected = stack.Expected(settings)
+        warm = stack.fills(400, "W", seed=2)
+        await stack.produce_all(settings, settings.topic(FILLS), stack._fill_records(warm))
+        await reader.wait_for(expected.requirements(warm), 180)
+        measuring = asyncio.ensure_future(stack._latency(settings, reader, rate, seconds + 4, expected))
+        await asyncio.sleep(2)  # into the steady state of the offered rate
+        cpu0, t0 = cpu_seconds(worker.pid), time.monotonic()
+        spy = _spy(worker.pid, seconds, out) if out is not None else None
+        await asyncio.sleep(seconds)
+        cpu = (cpu_seconds(worker.pid) - cpu0) / (time.monotonic() - t0)
+        result = await measuring
+        if spy is not None:
+            spy.wait(timeout=seconds + 30)
+        return {**result, "worker_cpu_share": cpu}
+    finally:
+        await reader.stop()
+        stop_process(worker)
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 async def drain(bootstrap: str, n: int, seconds: float, out: Path | None) -> float:
@@ -47,9 +92,7 @@ async def drain(bootstrap: str, n: int, seconds: float, out: Path | None) -> flo
         t0 = time.time()
         await stack.produce_all(settings, settings.topic(FILLS), stack._fill_records(backlog))
         if out is not None:
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-d", str(int(seconds)), "-r", "200",
-                                    "-f", "raw", "-o", str(out), "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = _spy(worker.pid, seconds, out)
         await reader.wait_for(want, 600)
         rate = n / (max(reader.arrived[i] for i in want) - t0)
         if spy is not None:
@@ -84,25 +127,44 @@ def shares(raw: Path, top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=("embedded", "kafka"), default="embedded")
+    parser.add_argument("--rate", type=float, default=None, help="offer fills at this rate instead of draining a backlog")
     parser.add_argument("--fills", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("worker.pyspy"))
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args(argv)
-    from stream.broker import EmbeddedBroker
     from stream.settings import Settings
+
+    from .__main__ import start_broker
 
     out = args.out if shutil.which("py-spy") else None
     if out is None:
-        print("py-spy not found: measuring the drain only", file=sys.stderr)
+        print("py-spy not found: measuring only", file=sys.stderr)
     base = Settings.from_env()
-    broker = None if base.bootstrap_servers else EmbeddedBroker().start()
     try:
-        rate = asyncio.run(drain(base.bootstrap_servers or broker.bootstrap, args.fills, args.seconds, out))
-    finally:
-        if broker is not None:
-            broker.stop()
-    print(f"one worker drained {args.fills:,} fills at {rate:,.0f} fills/s")
+        broker, name = (None, base.bootstrap_servers) if base.bootstrap_servers else start_broker(args.broker)
+        try:
+            bootstrap = base.bootstrap_servers or broker.bootstrap
+            if args.rate:
+                result = asyncio.run(at_rate(bootstrap, args.rate, args.seconds, out))
+            else:
+                rate = asyncio.run(drain(bootstrap, args.fills, args.seconds, out))
+        finally:
+            if broker is not None:
+                broker.stop()
+    except Exception as exc:  # one line, no traceback
+        print(f"python -m bench.profile: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.rate:
+        st = result["stages"]
+        print(f"{name}: one worker at {args.rate:,.0f} fills/s offered: p50 {result['p50_ms']:.1f} ms, "
+              f"p99 {result['p99_ms']:.1f} ms over {result['measured']:,} fills; worker CPU "
+              f"{result['worker_cpu_share']:.0%} of a core")
+        print("stages (p50 / p99 ms): " + ", ".join(f"{k} {v['p50_ms']} / {v['p99_ms']}" for k, v in st.items()
+                                                    if isinstance(v, dict)))
+    else:
+        print(f"{name}: one worker drained {args.fills:,} fills at {rate:,.0f} fills/s")
     if out is not None and out.exists():
         print(shares(out, args.top))
     return 0

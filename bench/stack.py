@@ -128,6 +128,7 @@ async def hop_latency(settings: Settings, rate: float, seconds: float) -> dict:
     producer = AIOKafkaProducer(**client_kwargs(settings), acks=1, linger_ms=0)
     await consumer.start()
     await producer.start()
+    await producer.partitions_for(topic)  # its metadata fetched before the clock starts
     items = fills(int(rate * seconds), "H", seed=5)
     sent: dict[str, float] = {}
     arrived: dict[str, float] = {}
@@ -194,6 +195,7 @@ class RequirementReader:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.arrived: dict[str, float] = {}
+        self.created: dict[str, int] = {}  # the requirement record's timestamp (ms; the worker's producer set it)
         self._stop = False
         self._task: asyncio.Task | None = None
 
@@ -212,8 +214,9 @@ class RequirementReader:
                 for records in batch.values():
                     for record in records:
                         cause = orjson.loads(record.value)["cause"]
-                        if cause["topic"] == FILLS:
-                            self.arrived.setdefault(cause["id"], now)
+                        if cause["topic"] == FILLS and cause["id"] not in self.arrived:
+                            self.arrived[cause["id"]] = now
+                            self.created[cause["id"]] = record.timestamp
         finally:
             await consumer.stop()
 
@@ -319,6 +322,7 @@ async def _latency(settings: Settings, reader: RequirementReader, rate: float, s
     want = expected.requirements(items)
     producer = AIOKafkaProducer(**client_kwargs(settings), acks=1, linger_ms=0)
     await producer.start()
+    await producer.partitions_for(settings.topic(FILLS))  # its metadata fetched before the clock starts
     sent: dict[str, float] = {}
     try:
         t0 = time.monotonic()
@@ -336,7 +340,38 @@ async def _latency(settings: Settings, reader: RequirementReader, rate: float, s
     await reader.wait_for(want, 120)
     lat = sorted((reader.arrived[i] - sent[i]) * 1000 for i in want)
     return {"rate": rate, "offered_rate": len(items) / offered_s, "fills": len(items), "measured": len(lat),
-            "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1]}
+            "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1],
+            "stages": await stages(settings, reader, sent, want)}
+
+
+async def stages(settings: Settings, reader: RequirementReader, sent: dict[str, float], want: set[str]) -> dict:
+    """Where a fill's latency goes, from the records' own timestamps (the producers' clock,
+    the same machine's): ``router`` = fill sent -> its log record created (fetch, merge,
+    end-offset check, encode); ``engine`` = log record created -> requirement created (the
+    log record's acknowledgement the hand-off waits for, the apply, the outbox);
+    ``delivery`` = requirement created -> at the outside reader (linger, produce, fetch).
+    Each as p50/p99 ms over the fills of the latency run."""
+    from stream.kafka import read_topic
+    from stream.ordered_log import entry_source, record_entries
+    from stream.topics import LOG
+
+    logged: dict[str, int] = {}
+    async for _p, _o, ts, _k, raw in read_topic(settings, LOG, idle_timeout_s=1.0):
+        for entry in record_entries(raw):
+            source = entry_source(entry)
+            if source and source[0] == FILLS and source[3].get("trade_id") in want:
+                logged.setdefault(source[3]["trade_id"], ts)
+    ids = [i for i in want if i in logged and i in reader.created]
+    spans = {
+        "router": [logged[i] - sent[i] * 1000 for i in ids],
+        "engine": [reader.created[i] - logged[i] for i in ids],
+        "delivery": [reader.arrived[i] * 1000 - reader.created[i] for i in ids],
+    }
+    out = {"fills": len(ids)}
+    for name, values in spans.items():
+        values.sort()
+        out[name] = {"p50_ms": round(_pct(values, 0.50), 2), "p99_ms": round(_pct(values, 0.99), 2)} if values else None
+    return out
 
 
 def _pct(values: list[float], q: float) -> float:
