@@ -38,6 +38,7 @@ from stream.topics import FILLS, LISTINGS, REQUIREMENTS, TICKS
 EXAMPLES = Path(__file__).resolve().parent.parent / "stream" / "examples"
 FILL_DAY = "2026-04-03T12:00:00Z"
 ACCOUNTS = 1_000
+LATENCY_WARM_S = 3.0  # offered before a latency measure's window, at the same rate: its start-up is not steady state
 
 
 def _listings() -> list[dict]:
@@ -119,8 +120,9 @@ async def passthrough(settings: Settings, n: int) -> dict:
 # --------------------------------------------------------------------------- (e) one hop
 async def hop_latency(settings: Settings, rate: float, seconds: float) -> dict:
     """Publish ``rate`` fills a second for ``seconds`` (each on its own schedule, 0 ms
-    linger, as in :func:`_latency`) to a fresh topic and time each until a consumer
-    (fetch wait as the processor's) receives it: one hop of this broker, no logic."""
+    linger, as in :func:`_latency`, after the same unmeasured warm-up) to a fresh topic and
+    time each until a consumer (fetch wait as the processor's) receives it: one hop of this
+    broker, no logic."""
     topic = settings.topic("bench.hop")
     await create_topics(settings, [topic])
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
@@ -129,7 +131,8 @@ async def hop_latency(settings: Settings, rate: float, seconds: float) -> dict:
     await consumer.start()
     await producer.start()
     await producer.partitions_for(topic)  # its metadata fetched before the clock starts
-    items = fills(int(rate * seconds), "H", seed=5)
+    items = fills(int(rate * LATENCY_WARM_S), "Hw", seed=6) + fills(int(rate * seconds), "H", seed=5)
+    measured = {item["trade_id"] for item in items if item["trade_id"].startswith("H-")}
     sent: dict[str, float] = {}
     arrived: dict[str, float] = {}
 
@@ -157,7 +160,7 @@ async def hop_latency(settings: Settings, rate: float, seconds: float) -> dict:
     finally:
         await producer.stop()
         await consumer.stop()
-    lat = sorted((arrived[i] - sent[i]) * 1000 for i in sent)
+    lat = sorted((arrived[i] - sent[i]) * 1000 for i in measured)
     return {"rate": rate, "messages": len(lat), "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1]}
 
 
@@ -315,10 +318,15 @@ async def processor(settings: Settings, n: int, rate: float, latency_s: float, w
 
 
 async def _latency(settings: Settings, reader: RequirementReader, rate: float, seconds: float, expected: Expected,
-                   tag: str = "L") -> dict:
+                   tag: str = "L", warm_s: float = LATENCY_WARM_S) -> dict:
     """Publish fills at ``rate`` per second (each sent on its own schedule, no batching
-    beyond the producer's 0 ms linger) and time each until its requirement arrives."""
+    beyond the producer's 0 ms linger) and time each until its requirement arrives. The
+    first ``warm_s`` seconds of the schedule are not measured: the latency of a worker and
+    a broker that have just gone from idle to the offered rate (JIT, caches, first-touch
+    allocations) is a transient, not the steady state the target is about."""
+    warm = fills(int(rate * warm_s), tag + "w", seed=6)
     items = fills(int(rate * seconds), tag, seed=4)
+    expected.requirements(warm)
     want = expected.requirements(items)
     producer = AIOKafkaProducer(**client_kwargs(settings), acks=1, linger_ms=0)
     await producer.start()
@@ -326,7 +334,7 @@ async def _latency(settings: Settings, reader: RequirementReader, rate: float, s
     sent: dict[str, float] = {}
     try:
         t0 = time.monotonic()
-        for i, item in enumerate(items):
+        for i, item in enumerate(warm + items):
             due = t0 + i / rate
             delay = due - time.monotonic()
             if delay > 0:
@@ -339,9 +347,9 @@ async def _latency(settings: Settings, reader: RequirementReader, rate: float, s
         await producer.stop()
     await reader.wait_for(want, 120)
     lat = sorted((reader.arrived[i] - sent[i]) * 1000 for i in want)
-    return {"rate": rate, "offered_rate": len(items) / offered_s, "fills": len(items), "measured": len(lat),
-            "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1],
-            "stages": await stages(settings, reader, sent, want)}
+    return {"rate": rate, "offered_rate": (len(warm) + len(items)) / offered_s, "fills": len(items),
+            "warm_s": warm_s, "measured": len(lat), "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
+            "max_ms": lat[-1], "stages": await stages(settings, reader, sent, want)}
 
 
 async def stages(settings: Settings, reader: RequirementReader, sent: dict[str, float], want: set[str]) -> dict:
