@@ -16,14 +16,54 @@ and a row whose ``v`` is beyond the durable ``meta`` offset counts as its ``prev
 ``meta``, whatever subset of the next batch landed, and re-applying the log from
 ``meta + 1`` reproduces every row and every output. ``n`` is the byte length of ``row``,
 so that a stored value yields its row without being parsed.
+
+Every ``meta`` row also carries the *digest* of the partition's rows as of its offset, as
+its writer holds them: the sum, modulo 2^128, of a 128-bit BLAKE2b hash of each row's key
+and JSON bytes (:func:`digest`; order-free, so each round updates it with the rows it
+changes, :func:`update`). A loader that computes another digest from what it read holds
+rows no writer ever held together as of that offset -- a worker the group had already
+replaced (a *zombie*, thawed after a freeze longer than the session timeout) wrote its
+late rows or its ``meta`` after its successor's -- and rebuilds the partition from the
+log instead of trusting them (:mod:`stream.rebuild`). A digest that matches means the
+rows are exactly one writer's state as of ``meta``: the engine is deterministic and every
+writer applies the same log in order, so that state is the true one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Iterable, TypeVar
 
 K = TypeVar("K")
 _HEAD = b'{"v":'
+_MOD = 1 << 128
+
+
+def row_hash(key: bytes | str, row: bytes) -> int:
+    """The 128-bit hash of one row (its full table key and its JSON bytes)."""
+    if isinstance(key, str):
+        key = key.encode()
+    return int.from_bytes(hashlib.blake2b(key + b"\x00" + row, digest_size=16).digest(), "big")
+
+
+def digest(rows: Iterable[tuple[bytes | str, bytes]]) -> int:
+    """The digest of a set of rows ``(table key, JSON bytes)``; deleted rows (``null``)
+    count as absent."""
+    return sum(row_hash(key, row) for key, row in rows if row != b"null") % _MOD
+
+
+def update(value: int, key: bytes | str, before: bytes | None, after: bytes | None) -> int:
+    """``value`` with the row at ``key`` changed from ``before`` to ``after`` (None or
+    ``null``: absent)."""
+    if before is not None and before != b"null":
+        value -= row_hash(key, before)
+    if after is not None and after != b"null":
+        value += row_hash(key, after)
+    return value % _MOD
+
+
+def format_digest(value: int) -> str:
+    return f"{value:032x}"
 
 
 def encode(version: int, row: bytes, prev: bytes | None) -> bytes:
@@ -62,6 +102,15 @@ def stage(rows: Iterable[tuple[K, bytes]], stored: Callable[[K], bytes | None], 
     """What a batch ending at log offset ``version`` writes: each changed row (JSON bytes,
     ``null`` for a deleted one) with its value as of the durable offset as ``prev``."""
     return [(key, encode(version, row, effective(stored(key), durable_offset))) for key, row in rows]
+
+
+def stage_digest(rows: dict[K, bytes], stored: Callable[[K], bytes | None], durable_offset: int,
+                 value: int) -> int:
+    """The digest after a batch writes ``rows`` (table key -> JSON bytes) over the rows as
+    of the durable offset whose digest is ``value``."""
+    for key, row in rows.items():
+        value = update(value, key, effective(stored(key), durable_offset), row)
+    return value
 
 
 def load(stored: Iterable[tuple[K, bytes]], durable_offset: int) -> tuple[dict[K, bytes], list[K]]:

@@ -66,6 +66,7 @@ from .kafka import ssl_context
 from .lifecycle import confirm, guarded
 from .ordered_log import Parsed, apply_parsed, apply_record_entries
 from .outbox import Outbox
+from .rebuild import RebuildError, rebuild_from_log
 from .router import Router
 from .settings import Settings
 from .topics import LOG, OUTPUT_TOPICS
@@ -148,7 +149,8 @@ def _patch_fetch_wait(max_wait_ms: int) -> None:
 class Stats:
     """Counters reported every 10 s at INFO (reset after each report)."""
 
-    FIELDS = ("records", "handed_off", "entries", "outputs", "boundaries", "routed", "rejected", "apply_s", "persist_s")
+    FIELDS = ("records", "handed_off", "entries", "outputs", "boundaries", "routed", "rejected", "apply_s", "persist_s",
+              "rebuilt")
 
     def __init__(self) -> None:
         self.reset()
@@ -161,7 +163,8 @@ class Stats:
         return (f"router: {self.routed} inputs routed, {self.rejected} dead-lettered; engine: {self.records} log records "
                 f"({self.handed_off} handed off by the router), "
                 f"{self.entries} entries, {self.outputs} outputs, {self.boundaries} batches persisted; "
-                f"apply {self.apply_s:.2f}s, persist {self.persist_s:.2f}s")
+                f"apply {self.apply_s:.2f}s, persist {self.persist_s:.2f}s"
+                + (f"; {self.rebuilt} partition(s) rebuilt from the log" if self.rebuilt else ""))
 
 
 # =========================================================================== engine
@@ -232,6 +235,7 @@ class Engine:
         self.queue: asyncio.Queue[Boundary] = asyncio.Queue(maxsize=settings.persist_queue_max)
         fault, _, at = settings.fault_injection.partition(":")
         self.fault, self.fault_at = fault, int(at) if at else 0
+        self.frozen = False  # a freeze_ fault has fired (it fires once)
         self.persisted = 0  # boundaries made durable since start
         self.unpersisted = 0  # boundaries handed to the persister and not yet durable
         self.entries_since = 0  # log entries applied since the last boundary
@@ -239,39 +243,73 @@ class Engine:
         self.last_event_at = time.monotonic()  # the last log record delivered that was not beyond a gap
         self.lock = asyncio.Lock()  # held by the persister while it writes rows; a revocation waits for it
         self.durable_meta: dict[int, int] = {}  # per partition: the log offset of the last durable meta row
+        self.digests: dict[int, int] = {}  # per partition: the digest of its rows as of that meta (durable.digest)
         self.tombstones: dict[int, tuple[int, list]] = {}  # per partition: (epoch, keys) deleted, to tombstone
 
     # ---------------------------------------------------------------- faults
     def maybe_die(self, point: str) -> None:
-        """Fault injection for the crash tests: SIGKILL this process at a named point."""
-        if self.fault == point and self.persisted >= self.fault_at:
+        """Fault injection for the crash and freeze tests: at a named point, SIGKILL this
+        process (``point``) or SIGSTOP it, once (``freeze_`` + point: a zombie in the
+        making -- it goes on from there when it gets SIGCONT)."""
+        if self.persisted < self.fault_at:
+            return
+        if self.fault == point:
             log.warning("fault injection: SIGKILL at %s", point)
             os.kill(os.getpid(), signal.SIGKILL)
+        elif self.fault == f"freeze_{point}" and not self.frozen:
+            self.frozen = True
+            log.warning("fault injection: SIGSTOP at %s", point)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            log.warning("fault injection: going on from %s after SIGCONT", point)
 
     # ---------------------------------------------------------------- partitions
-    def partition_rows(self, p: int) -> tuple[int, dict[str, dict], list[str]]:
-        """Partition ``p`` as of its durable ``meta`` log offset: the offset, the rows
-        (:func:`stream.durable.load`: a row written by a batch whose meta never landed
-        counts as its previous value) and the keys to write again at the next batch."""
+    def partition_rows(self, p: int) -> tuple[dict | None, dict[str, bytes], list[str]]:
+        """Partition ``p`` as of its durable ``meta`` row: that row (None: none yet), the
+        rows (:func:`stream.durable.load`: a row written by a batch whose meta never landed
+        counts as its previous value) as JSON bytes, and the keys to write again at the
+        next batch."""
         prefix = f"{p}|".encode()
         stored = {k[len(prefix):].decode(): v for k, v in list(self.table.data.items())
                   if k.startswith(prefix) and v is not None}
         meta_raw = stored.pop("meta", None)
-        meta = orjson.loads(meta_raw)["log_offset"] if meta_raw is not None else -1
-        live, rewrite = durable.load(stored.items(), meta)
-        return meta, {key: orjson.loads(row) for key, row in live.items()}, rewrite
+        meta = orjson.loads(meta_raw) if meta_raw is not None else None
+        live, rewrite = durable.load(stored.items(), meta["log_offset"] if meta else -1)
+        return meta, live, rewrite
 
-    def load(self, p: int) -> Partition:
+    async def load(self, p: int) -> Partition:
         """The engine state of log partition ``p`` from the table (recovered from its
         changelog by faust), exactly as of its ``meta`` log offset, and the offset to
         resume at: right after it. Rows stored newer than ``meta`` (rolled back) or as
-        deleted are written again by the first batch, so the store converges."""
+        deleted are written again by the first batch, so the store converges.
+
+        Rows whose digest is not the one ``meta`` carries are no writer's state (a zombie's
+        late writes, :mod:`stream.durable`): the state is rebuilt from the log instead, and
+        the first batch writes every row again."""
         self.maybe_die("in_recovery")
-        meta, rows, rewrite = self.partition_rows(p)
-        state = EngineState.from_rows(rows.items(), self.config)
+        meta, live, rewrite = self.partition_rows(p)
+        offset = meta["log_offset"] if meta else -1
+        found = durable.digest((row_key(p, key), row) for key, row in live.items())
+        expected = meta.get("digest") if meta else None
+        rebuilt = expected is not None and expected != durable.format_digest(found)
+        if rebuilt:
+            log.warning("partition %d: the changelog's rows do not match the digest of their meta row (log offset "
+                        "%d): rows written by a replaced worker after its successor's; rebuilding from margin.log",
+                        p, offset)
+            try:
+                state = await rebuild_from_log(self.settings, p, offset, self.config)
+            except RebuildError as exc:
+                log.critical("partition %d: %s", p, exc)
+                raise
+            state.touched.update(key for key, _row in state.rows())
+            state.touched.update(live)  # rows the rebuilt state lacks are written as deleted
+            self.stats.rebuilt += 1
+        else:
+            state = EngineState.from_rows(((key, orjson.loads(row)) for key, row in live.items()), self.config)
         state.touched.update(rewrite)
-        self.durable_meta[p] = meta
-        part = Partition(state, self.epochs.get(p, 0), meta + 1)
+        self.durable_meta[p] = offset
+        self.digests[p] = found  # the rows' digest as the table holds them: each batch updates it
+        part = Partition(state, self.epochs.get(p, 0), offset + 1)
+        part.applied = rebuilt  # the next batch writes the rebuilt rows, even if nothing new is applied
         log.info("partition %d: state loaded (%d accounts, %d contracts), resuming at log offset %d",
                  p, len(state.accounts), len(state.contracts), part.next_offset)
         return part
@@ -318,7 +356,7 @@ class Engine:
             p, offset = event.message.partition, event.message.offset
             part = self.parts.get(p)
             if part is None:
-                part = self.parts[p] = self.load(p)
+                part = self.parts[p] = await self.load(p)
             if offset > part.next_offset:  # a gap: seek back; this record comes again
                 await self.rewind(p, part)
             else:
@@ -380,6 +418,7 @@ class Engine:
         self.entries_since += entries
         part.next_offset = offset + 1
         part.applied = True
+        self.maybe_die("in_apply")  # state applied, its outputs not yet queued
         add = self.outbox.add  # type: ignore[union-attr]
         names = self.out_names
         for out in outputs:
@@ -457,15 +496,19 @@ class Engine:
             async with self.lock:
                 live = [(p, epoch) for p, epoch in last if self.current(p, epoch)]
                 stored: dict[int, list[tuple[bytes, bytes]]] = {}
+                digests: dict[int, int] = {}
                 for p, epoch in live:
-                    stored[p] = durable.stage(rows.get((p, epoch), {}).items(), self.table.data.get,
-                                              last[(p, epoch)][0], self.durable_meta.get(p, -1))
+                    durable_offset = self.durable_meta.get(p, -1)
+                    part_rows = rows.get((p, epoch), {})
+                    stored[p] = durable.stage(part_rows.items(), self.table.data.get, last[(p, epoch)][0], durable_offset)
+                    digests[p] = durable.stage_digest(part_rows, self.table.data.get, durable_offset,
+                                                      self.digests.get(p, 0))
                 futures = []
                 for p, epoch in live:
                     half = len(stored[p]) // 2
                     futures += await self.send_rows(p, self.tombstones_due(p, epoch, rows.get((p, epoch), {}))
                                                     + stored[p][:half])
-                    if half and self.fault == "mid_rows":  # testing: half the rows durable, the rest never sent
+                    if half and self.fault in ("mid_rows", "freeze_mid_rows"):  # testing: half the rows durable
                         await confirm(futures, "state rows")
                         self.maybe_die("mid_rows")
                     futures += await self.send_rows(p, stored[p][half:])
@@ -474,7 +517,9 @@ class Engine:
                     self.forget_tombstoned(p)
                     self.store_rows(stored[p], p)
                 self.maybe_die("after_rows")  # rows durable; meta not yet written, offsets not acked
-                metas = {p: [(row_key(p, "meta"), orjson.dumps({"log_offset": last[(p, epoch)][0]}))] for p, epoch in live}
+                metas = {p: [(row_key(p, "meta"), orjson.dumps({"log_offset": last[(p, epoch)][0],
+                                                                 "digest": durable.format_digest(digests[p])}))]
+                         for p, epoch in live}
                 futures = []
                 for p in metas:
                     futures += await self.send_rows(p, metas[p])
@@ -482,6 +527,7 @@ class Engine:
                 for p, epoch in live:
                     self.store_rows(metas[p], p)
                     self.durable_meta[p] = last[(p, epoch)][0]
+                    self.digests[p] = digests[p]
                     for event in last[(p, epoch)][1]:
                         event.ack()
                     self.ack_durable(p)

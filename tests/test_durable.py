@@ -157,7 +157,7 @@ def test_crashes_anywhere_in_the_persister_always_recover_the_clean_run(seed):
             published[out.value["id"]] = out.value
 
     store: dict[str, bytes] = {}
-    meta = -1
+    meta, meta_digest = -1, 0
     state = _load(store, meta, config)
     pos = 0
     while pos < len(log):
@@ -171,19 +171,70 @@ def test_crashes_anywhere_in_the_persister_always_recover_the_clean_run(seed):
             round_rows.update((k, orjson.dumps(state.row(k))) for k in state.touched)
             state.touched.clear()
         version = pos - 1
+        round_digest = durable.stage_digest(round_rows, store.get, meta, meta_digest)
         staged = durable.stage(sorted(round_rows.items()), store.get, version, meta)
         crash = rnd.choice(["none", "none", "rows", "meta", "tombstones"])
         rnd.shuffle(staged)  # a crash can land any subset of a round's rows
         landed = staged if crash != "rows" else staged[: rnd.randrange(len(staged) + 1)]
         store.update(landed)
         if crash != "rows":
-            meta = version
+            meta, meta_digest = version, round_digest
             if crash != "meta":
                 gone = durable.deleted(round_rows.items())
                 for key in gone if crash == "none" else gone[: rnd.randrange(len(gone) + 1)]:
                     store.pop(key, None)
+        # the meta's digest is the loaded rows' digest, whatever subset of a round landed
+        assert durable.digest(durable.load(store.items(), meta)[0].items()) == meta_digest
         if crash != "none":
             state = _load(store, meta, config)
             pos = meta + 1
     final = _load(store, meta, config)
     assert comparable_rows(final.rows()) == comparable_rows(clean.rows())
+
+
+# --------------------------------------------------------------------------- a zombie
+def test_a_zombies_late_rows_fail_the_digest_and_the_log_rebuilds_the_state():
+    """A worker replaced while it held a batch's rows (frozen past the session timeout)
+    writes them after its successor's later batches: the rows as loaded are then no writer's
+    state -- the account row is the zombie's, from before the settlement the successor
+    applied -- and the meta's digest says so. The log, applied again from offset 0, is the
+    state the successor held."""
+    batches = _batches()
+    third = [encode_record([encode_entry(TICKS, 0, 5, {"ts": "2026-07-03T00:00:00Z"})])]
+    store: dict[str, bytes] = {}
+    successor = EngineState()
+    meta, meta_digest = -1, 0
+    zombie_rows = None
+    for offset, records in enumerate(batches + [third]):
+        for r in records:
+            apply_record(successor, 0, offset, r)
+        rows = {k: orjson.dumps(successor.row(k)) for k in sorted(successor.touched, key=row_order)}
+        successor.touched.clear()
+        if offset == 1:  # the zombie held exactly these rows, staged against the same durable meta
+            zombie_rows = durable.stage(sorted(rows.items()), store.get, offset, meta)
+        meta_digest = durable.stage_digest(rows, store.get, meta, meta_digest)
+        store.update(durable.stage(sorted(rows.items()), store.get, offset, meta))
+        meta = offset
+    assert durable.digest(durable.load(store.items(), meta)[0].items()) == meta_digest  # the successor's own rows
+
+    store.update(zombie_rows)  # thawed: its late rows land after the successor's batches
+    live, _ = durable.load(store.items(), meta)
+    # equal rows only where the third batch changed nothing; the tick changed the clock
+    assert durable.digest(live.items()) != meta_digest
+
+    rebuilt = EngineState()
+    for offset, records in enumerate(batches + [third]):
+        for r in records:
+            apply_record(rebuilt, 0, offset, r)
+    assert durable.digest((k, orjson.dumps(v)) for k, v in rebuilt.rows()) == meta_digest
+    assert comparable_rows(rebuilt.rows()) == comparable_rows(successor.rows())
+
+
+def test_the_digest_is_order_free_and_ignores_deleted_rows():
+    rows = [(b"0|a", b'{"x":1}'), (b"0|b", b"[1,2]"), (b"0|c", b"null")]
+    assert durable.digest(rows) == durable.digest(reversed(rows)) == durable.digest(rows[:2])
+    assert durable.digest(rows) != durable.digest([(b"0|a", b'{"x":2}'), rows[1]])
+    assert durable.digest([(b"1|a", b'{"x":1}'), rows[1]]) != durable.digest(rows)  # the key counts
+    changed = durable.update(durable.digest(rows), b"0|a", b'{"x":1}', b'{"x":2}')
+    assert changed == durable.digest([(b"0|a", b'{"x":2}'), rows[1]])
+    assert durable.update(changed, b"0|a", b'{"x":2}', None) == durable.digest([rows[1]])

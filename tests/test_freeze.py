@@ -1,0 +1,137 @@
+"""A worker frozen mid-batch -- a long GC pause, a frozen VM, a paused container -- for
+longer than the session timeout is replaced by the group; when it thaws it is a *zombie*:
+it goes on from where it stopped, with partitions that are no longer its own. It must not
+corrupt anything.
+
+Each test runs two workers. One has a freeze point (``KPIMARGIN_FAULT_INJECTION=freeze_<point>:N``:
+it SIGSTOPs itself there, once, after N persisted batches):
+
+* ``in_apply``: a log record applied in memory, its outputs not yet queued (mid-burst);
+* ``mid_rows``: half of a round's state rows durable, the rest not yet sent;
+* ``after_rows``: every state row of a round durable, its ``meta`` row not yet written.
+
+The test publishes the crash test's scenario in pieces, strictly in order: the first piece;
+then it waits until the worker is frozen and the group has only the other member left
+(the session timeout passed, the other took every partition over), publishes more and
+waits until the survivor consumed it all; then SIGCONTs the frozen worker and lets it run
+-- it writes whatever it was about to write, learns it was replaced and rejoins -- while the
+rest but the last piece is published. Then every worker is killed, a fresh one (empty
+local state: it loads the changelog) starts and the last piece is published. :func:`check_outcome` then asserts what a crash-free run
+gives: no input lost or dead-lettered, every published record (each id with one content)
+equal to the pure engine applied in publication order and to a replay of the log, the
+persisted state equal to the replayed state, ``kpimargin replay`` without mismatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import replace
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from stream.kafka import client_kwargs
+from stream.kafka_dist import wait_for_state
+
+from .streaming_support import Cluster, breakdown, check_outcome, fresh_settings, kafka_cluster
+from .test_crash import chunked, scenario
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+EVENTS = int(os.environ.get("KPIMARGIN_FREEZE_EVENTS", "2000"))
+PIECES = 8
+FREEZE_AT = 6  # persisted batches before the freeze point fires: into the fills (a batch holds ~40 inputs)
+
+
+async def _group(settings) -> tuple[str, int]:
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        response = (await admin.describe_consumer_groups([settings.app_id]))[0]
+    finally:
+        await admin.close()
+    group = response.groups[0]
+    return group[2], len(group[5])  # (state, members): the same fields in every version
+
+
+def group(settings) -> tuple[str, int]:
+    """The processor group's state and member count, as its coordinator reports them."""
+    return asyncio.run(_group(settings))
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(0.2)  # polling interval of a condition with a deadline
+
+
+def stopped(pid: int) -> bool:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "Tt"
+
+
+def freeze_and_thaw(bootstrap: str, tmp_path, capsys, point: str, name: str, **overrides) -> None:
+    settings = fresh_settings(bootstrap, tmp_path, batch_max=20, **overrides)
+    cluster = Cluster(settings, tmp_path)
+    pieces = chunked(scenario(EVENTS), PIECES)
+    marks = {}
+    try:
+        zombie = cluster.start_worker(replace(settings, fault_injection=f"freeze_{point}:{FREEZE_AT}"))
+        cluster.start_worker()
+        t0 = time.monotonic()
+        first = 0
+        while first < PIECES // 2 and not stopped(zombie.pid):  # publish until the freeze point fired
+            cluster.publish_messages(pieces[first])
+            first += 1
+        wait_until(lambda: stopped(zombie.pid), 120, f"the worker frozen at {point}")
+        marks["frozen"], marks["pieces"] = time.monotonic() - t0, first
+        wait_until(lambda: group(settings) == ("Stable", 1), 120, "the group down to the other worker")
+        marks["taken_over"] = time.monotonic() - t0
+        for piece in pieces[first:max(first + 1, PIECES // 2)]:
+            cluster.publish_messages(piece)
+        cluster.wait_consumed(timeout_s=300)  # the survivor alone took all of it in
+        os.kill(zombie.pid, signal.SIGCONT)
+        wait_for_state(zombie.pid, stopped=False)
+        marks["thawed"] = time.monotonic() - t0
+        for piece in pieces[max(first + 1, PIECES // 2):-1]:
+            cluster.publish_messages(piece)
+        cluster.settle(timeout_s=300)
+        for proc in list(cluster.workers):
+            cluster.kill(proc)
+        cluster.start_worker()  # empty local state: it loads the changelog ...
+        cluster.publish_messages(pieces[-1])  # ... of every partition (the last piece reaches them all)
+        outputs = cluster.settle(timeout_s=300)
+        counts = check_outcome(cluster, outputs)
+    finally:
+        cluster.stop()
+    with capsys.disabled():
+        print(f"\n{name}: {counts['inputs']} input events, {counts['log_entries']} log entries in "
+              f"{counts['log_records']} records; frozen at {point} {marks['frozen']:.1f} s in (after {marks['pieces']} of "
+              f"{PIECES} pieces), replaced "
+              f"{marks['taken_over'] - marks['frozen']:.1f} s later, thawed at {marks['thawed']:.1f} s; "
+              f"{cluster.started} worker starts; {counts['records']} distinct records ({breakdown(outputs)}); "
+              f"replay: {counts['mismatches']} mismatches")
+
+
+POINTS = ["in_apply", "mid_rows", "after_rows"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_frozen_worker_corrupts_nothing(broker, tmp_path, capsys, point):
+    freeze_and_thaw(broker, tmp_path, capsys, point, f"freeze {point}")
+
+
+@pytest.fixture(scope="module")
+def three_nodes():
+    with kafka_cluster(nodes=3) as cluster:
+        yield cluster
+
+
+def test_a_frozen_worker_corrupts_nothing_on_three_nodes(three_nodes, tmp_path, capsys):
+    three_nodes.wait_in_sync()
+    freeze_and_thaw(three_nodes.bootstrap, tmp_path, capsys, "after_rows", "freeze after_rows, 3 nodes",
+                    replication_factor=3)
