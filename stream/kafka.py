@@ -56,13 +56,16 @@ def faust_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
 
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create every topic the processor reads or writes, with ``settings.partitions``
-    partitions, and faust's own (:func:`faust_topics`); existing topics are left as they
-    are. With a replication factor of 3 or more they get ``min.insync.replicas=2``: an
+    partitions, and faust's own (:func:`faust_topics`); ``margin.log`` is retained without
+    limit (time or size); existing topics are left as they are. With a replication factor of 3 or more they get ``min.insync.replicas=2``: an
     acknowledged write (acks=all) is then on at least two brokers, and one broker down
     still leaves the topics writable. Broker errors are retried for ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     configs = {"min.insync.replicas": "2"} if settings.replication_factor >= 3 else {}
-    topics = {**{name: (settings.partitions, {}) for name in all_topics(settings)}, **faust_topics(settings)}
+    topics = {**{name: (settings.partitions, {}) for name in all_topics(settings)}, **faust_topics(settings),
+              # the log is the audit trail, and what a partition whose changelog fails its digest is rebuilt from
+              # (stream.rebuild): kept for good, not for the broker's default week
+              settings.topic(LOG): (settings.partitions, {"retention.ms": "-1", "retention.bytes": "-1"})}
     while True:
         admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=10_000)
         try:

@@ -28,6 +28,7 @@ from stream import kafka_dist
 from stream.kafka import all_topics, ensure_topics
 from stream.kafka_broker import KAFKA_VERSION, LOGGING_JARS, KafkaCluster, missing_tools
 from stream.settings import Settings
+from stream.topics import LOG
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -155,9 +156,9 @@ async def create_topic(bootstrap: str, name: str, replicas: int, configs: dict |
         await admin.close()
 
 
-async def describe(bootstrap: str, names: list[str]) -> tuple[dict, dict] | None:
-    """({topic: [replica counts of its partitions]}, {topic: its min.insync.replicas}), or
-    None while a broker does not know every topic yet."""
+async def describe(bootstrap: str, names: list[str], config: str = "min.insync.replicas") -> tuple[dict, dict] | None:
+    """({topic: [replica counts of its partitions]}, {topic: its ``config``}), or None while
+    a broker does not know every topic yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -173,7 +174,7 @@ async def describe(bootstrap: str, names: list[str]) -> tuple[dict, dict] | None
         for error, _message, _type, name, entries in response.resources:
             if error:
                 return None
-            min_isr[name] = next(value for key, value, *_ in entries if key == "min.insync.replicas")
+            min_isr[name] = next(value for key, value, *_ in entries if key == config)
     return replicas, min_isr
 
 
@@ -310,6 +311,10 @@ def test_ensure_topics_with_replication_factor_3_sets_min_insync_replicas_2(thre
     assert set(replicas) == set(names)
     assert all(counts == [3] * settings.partitions for counts in replicas.values())
     assert min_isr == {name: "2" for name in names}
+    _, retention = asyncio.run(describe(three.bootstrap, names, "retention.ms"))
+    log = settings.topic(LOG)
+    assert retention[log] == "-1"  # the log is kept for good: audits and rebuilds replay it from offset 0
+    assert all(value != "-1" for name, value in retention.items() if name != log)
 
 
 def test_a_topic_stays_readable_when_its_leader_is_killed_and_restarted(three):
