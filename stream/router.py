@@ -181,33 +181,29 @@ class Router:
             await consumer.stop()
 
     async def step(self, consumer: AIOKafkaConsumer) -> float:
-        """Forward what every task may forward now; return how long the next fetch may wait.
-        The end offsets the tasks need are asked in one request for all of them (one round
-        trip a step, not one per task), then each task releases once more."""
+        """Forward what every task may forward now; return how long the next fetch may wait."""
         wait_s = 1.0
         async with self.lock:
             if self.dirty:
                 return 0.0
-            for attempt in range(2):  # once more after asking the end offsets they need
-                ask: set[TopicPartition] = set()
-                for p, task in sorted(self.tasks.items()):
+            for p, task in sorted(self.tasks.items()):
+                for _ in range(2):  # once more after asking the end offsets it needs
                     for tp, buf in task.buffers.items():
                         if not buf:  # the fetch position skips what the task never sees (control records)
                             task.fetched[tp] = max(task.fetched.get(tp, 0), await consumer.position(tp))
-                    released, asked_for, idle = release(task, self.ends, self.settings.max_idle_ms / 1000.0,
-                                                        time.monotonic(), self.logical)
+                    released, ask, idle = release(task, self.ends, self.settings.max_idle_ms / 1000.0,
+                                                  time.monotonic(), self.logical)
                     if released:
                         await self.send(p, released)
                     if idle is not None:
                         wait_s = min(wait_s, idle)
-                    ask |= asked_for
-                if not ask or attempt:
-                    break
-                asked = time.monotonic()
-                for tp, offset in (await consumer.end_offsets(sorted(ask))).items():
-                    self.ends[tp] = End(offset, asked)
-            if any(task.buffered() for task in self.tasks.values()):
-                wait_s = min(wait_s, 0.05)
+                    if not ask:
+                        break
+                    asked = time.monotonic()
+                    for tp, offset in (await consumer.end_offsets(sorted(ask))).items():
+                        self.ends[tp] = End(offset, asked)
+                if task.buffered():
+                    wait_s = min(wait_s, 0.05)
         return wait_s
 
     def logical(self, tp: TopicPartition) -> tuple[str, int]:
