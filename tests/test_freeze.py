@@ -123,14 +123,14 @@ def freeze_and_thaw(bootstrap: str, tmp_path, capsys, point: str, name: str, **o
 
 POINTS = ["in_apply", "mid_rows", "after_rows"]
 
-# Measured on 2026-12-03: on the embedded broker every case passes (7 of 7 runs). On Apache
-# Kafka 10 of 13 runs passed; in 2 the two workers stalled at their first rebalance, before
-# any freeze (faust's recovery of the changelog partitions one worker kept received no
-# record, the other worker applied none: "No event received for active tp ... since
-# recovery start"), and 1 run published 7 requirements and calls fewer than a replay of
-# the log. Both are open in issue 11; until then the Kafka cases report, not gate.
+# Measured on 2026-12-03, with the digest: on the embedded broker every case passed (7 of 7
+# runs). On Apache Kafka after_rows passed 3 of 3 and in_apply 2 of 3 (one run published 7
+# records fewer than a replay of the log); mid_rows stalled 3 of 3 at the two workers' first
+# rebalance, before any freeze (the worker that kept partitions: faust's changelog recovery
+# "No event received for active tp ... since recovery start"; neither worker's router or
+# engine moved again). Both are open in issue 11; until then the Kafka cases report, not gate.
 KAFKA_OPEN = pytest.mark.xfail(reason="on Kafka a two-worker rebalance can stall faust's changelog recovery "
-                                      "(issue 11, measured 2 of 13 runs)", strict=False)
+                                      "(issue 11: mid_rows 3 of 3 runs)", strict=False)
 
 
 def kafka_open(request) -> None:
