@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import shutil
 import subprocess
@@ -45,8 +46,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None) -> dict:
-    """Offer fills at ``rate``/s for ``seconds`` + 4 s; sample the worker from 2 s in."""
+@contextlib.asynccontextmanager
+async def warmed_worker(bootstrap: str):
+    """One worker on fresh topics with the two example contracts listed, the clock set and
+    400 fills applied (the group formed, state loaded): ``(settings, worker, reader,
+    expected)``; stopped afterwards."""
     log_dir = Path(tempfile.mkdtemp(prefix="kpimargin-profile-"))
     settings = stack.bench_settings(bootstrap, f"prof{int(time.time())}")
     await ensure_topics(settings)
@@ -58,6 +62,16 @@ async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None)
         warm = stack.fills(400, "W", seed=2)
         await stack.produce_all(settings, settings.topic(FILLS), stack._fill_records(warm))
         await reader.wait_for(expected.requirements(warm), 180)
+        yield settings, worker, reader, expected
+    finally:
+        await reader.stop()
+        stop_process(worker)
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None) -> dict:
+    """Offer fills at ``rate``/s for ``seconds`` + 4 s; sample the worker from 2 s in."""
+    async with warmed_worker(bootstrap) as (settings, worker, reader, expected):
         measuring = asyncio.ensure_future(stack._latency(settings, reader, rate, seconds + 4, expected))
         await asyncio.sleep(2)  # into the steady state of the offered rate
         cpu0, t0 = cpu_seconds(worker.pid), time.monotonic()
@@ -68,40 +82,20 @@ async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None)
         if spy is not None:
             spy.wait(timeout=seconds + 30)
         return {**result, "worker_cpu_share": cpu}
-    finally:
-        await reader.stop()
-        stop_process(worker)
-        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 async def drain(bootstrap: str, n: int, seconds: float, out: Path | None) -> float:
-    log_dir = Path(tempfile.mkdtemp(prefix="kpimargin-profile-"))
-    settings = stack.bench_settings(bootstrap, f"prof{int(time.time())}")
-    await ensure_topics(settings)
-    worker = start_worker_process(settings, log_dir / "worker.log")
-    reader = stack.RequirementReader(settings).start()
-    spy = None
-    try:
-        await stack._setup_processor(settings)
-        expected = stack.Expected(settings)
-        warm = stack.fills(400, "W", seed=2)
-        await stack.produce_all(settings, settings.topic(FILLS), stack._fill_records(warm))
-        await reader.wait_for(expected.requirements(warm), 180)
+    async with warmed_worker(bootstrap) as (settings, worker, reader, expected):
         backlog = stack.fills(n, "T", seed=3)
         want = expected.requirements(backlog)
         t0 = time.time()
         await stack.produce_all(settings, settings.topic(FILLS), stack._fill_records(backlog))
-        if out is not None:
-            spy = _spy(worker.pid, seconds, out)
+        spy = _spy(worker.pid, seconds, out) if out is not None else None
         await reader.wait_for(want, 600)
         rate = n / (max(reader.arrived[i] for i in want) - t0)
         if spy is not None:
             spy.wait(timeout=seconds + 30)
         return rate
-    finally:
-        await reader.stop()
-        stop_process(worker)
-        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def shares(raw: Path, top: int) -> str:
