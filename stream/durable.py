@@ -20,7 +20,7 @@ so that a stored value yields its row without being parsed.
 Every ``meta`` row also carries the *digest* of the partition's rows as of its offset, as
 its writer holds them: the sum, modulo 2^128, of a 128-bit BLAKE2b hash of each row's key
 and JSON bytes (:func:`digest`; order-free, so each round updates it with the rows it
-changes, :func:`update`). A loader that computes another digest from what it read holds
+changes, :func:`stage_with_digest`). A loader that computes another digest from what it read holds
 rows no writer ever held together as of that offset -- a worker the group had already
 replaced (a *zombie*, thawed after a freeze longer than the session timeout) wrote its
 late rows or its ``meta`` after its successor's -- and rebuilds the partition from the
@@ -104,13 +104,16 @@ def stage(rows: Iterable[tuple[K, bytes]], stored: Callable[[K], bytes | None], 
     return [(key, encode(version, row, effective(stored(key), durable_offset))) for key, row in rows]
 
 
-def stage_digest(rows: dict[K, bytes], stored: Callable[[K], bytes | None], durable_offset: int,
-                 value: int) -> int:
-    """The digest after a batch writes ``rows`` (table key -> JSON bytes) over the rows as
-    of the durable offset whose digest is ``value``."""
-    for key, row in rows.items():
-        value = update(value, key, effective(stored(key), durable_offset), row)
-    return value
+def stage_with_digest(rows: Iterable[tuple[K, bytes]], stored: Callable[[K], bytes | None], version: int,
+                      durable_offset: int, value: int) -> tuple[list[tuple[K, bytes]], int]:
+    """:func:`stage`, and the digest after the batch writes ``rows`` over the rows as of the
+    durable offset whose digest is ``value`` (each row's previous value read once, for both)."""
+    staged = []
+    for key, row in rows:
+        prev = effective(stored(key), durable_offset)
+        staged.append((key, encode(version, row, prev)))
+        value = update(value, key, prev, row)
+    return staged, value
 
 
 def load(stored: Iterable[tuple[K, bytes]], durable_offset: int) -> tuple[dict[K, bytes], list[K]]:

@@ -500,9 +500,9 @@ class Engine:
                 for p, epoch in live:
                     durable_offset = self.durable_meta.get(p, -1)
                     part_rows = rows.get((p, epoch), {})
-                    stored[p] = durable.stage(part_rows.items(), self.table.data.get, last[(p, epoch)][0], durable_offset)
-                    digests[p] = durable.stage_digest(part_rows, self.table.data.get, durable_offset,
-                                                      self.digests.get(p, 0))
+                    stored[p], digests[p] = durable.stage_with_digest(part_rows.items(), self.table.data.get,
+                                                                      last[(p, epoch)][0], durable_offset,
+                                                                      self.digests.get(p, 0))
                 futures = []
                 for p, epoch in live:
                     half = len(stored[p]) // 2

@@ -171,8 +171,8 @@ def test_crashes_anywhere_in_the_persister_always_recover_the_clean_run(seed):
             round_rows.update((k, orjson.dumps(state.row(k))) for k in state.touched)
             state.touched.clear()
         version = pos - 1
-        round_digest = durable.stage_digest(round_rows, store.get, meta, meta_digest)
-        staged = durable.stage(sorted(round_rows.items()), store.get, version, meta)
+        staged, round_digest = durable.stage_with_digest(sorted(round_rows.items()), store.get, version, meta,
+                                                         meta_digest)
         crash = rnd.choice(["none", "none", "rows", "meta", "tombstones"])
         rnd.shuffle(staged)  # a crash can land any subset of a round's rows
         landed = staged if crash != "rows" else staged[: rnd.randrange(len(staged) + 1)]
@@ -210,10 +210,10 @@ def test_a_zombies_late_rows_fail_the_digest_and_the_log_rebuilds_the_state():
             apply_record(successor, 0, offset, r)
         rows = {k: orjson.dumps(successor.row(k)) for k in sorted(successor.touched, key=row_order)}
         successor.touched.clear()
+        staged, meta_digest = durable.stage_with_digest(sorted(rows.items()), store.get, offset, meta, meta_digest)
         if offset == 1:  # the zombie held exactly these rows, staged against the same durable meta
-            zombie_rows = durable.stage(sorted(rows.items()), store.get, offset, meta)
-        meta_digest = durable.stage_digest(rows, store.get, meta, meta_digest)
-        store.update(durable.stage(sorted(rows.items()), store.get, offset, meta))
+            zombie_rows = staged
+        store.update(staged)
         meta = offset
     assert durable.digest(durable.load(store.items(), meta)[0].items()) == meta_digest  # the successor's own rows
 
