@@ -10,13 +10,14 @@ it SIGSTOPs itself there, once, after N persisted batches):
 * ``mid_rows``: half of a round's state rows durable, the rest not yet sent;
 * ``after_rows``: every state row of a round durable, its ``meta`` row not yet written.
 
-The test publishes the crash test's scenario in pieces, strictly in order: the first piece;
-then it waits until the worker is frozen and the group has only the other member left
-(the session timeout passed, the other took every partition over), publishes more and
-waits until the survivor consumed it all; then SIGCONTs the frozen worker and lets it run
--- it writes whatever it was about to write, learns it was replaced and rejoins -- while the
-rest but the last piece is published. Then every worker is killed, a fresh one (empty
-local state: it loads the changelog) starts and the last piece is published. :func:`check_outcome` then asserts what a crash-free run
+Once both workers are in the group, the test publishes the crash test's scenario in
+pieces, strictly in order, until the freeze point fired; then it waits until the worker is
+frozen and the group has only the other member left (the session timeout passed, the other
+took every partition over), publishes more and waits until the survivor consumed it all;
+then SIGCONTs the frozen worker and lets it run -- it writes whatever it was about to write,
+learns it was replaced and rejoins -- while the rest but the last piece is published. Then
+every worker is killed, a fresh one (empty local state: it loads the changelog) starts and
+the last piece is published. :func:`check_outcome` then asserts what a crash-free run
 gives: no input lost or dead-lettered, every published record (each id with one content)
 equal to the pure engine applied in publication order and to a replay of the log, the
 persisted state equal to the replayed state, ``kpimargin replay`` without mismatch.
@@ -33,6 +34,7 @@ from dataclasses import replace
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from stream.kafka import client_kwargs
 from stream.kafka_dist import wait_for_state
@@ -52,6 +54,8 @@ async def _group(settings) -> tuple[str, int]:
     await admin.start()
     try:
         response = (await admin.describe_consumer_groups([settings.app_id]))[0]
+    except KafkaError as exc:  # no group (or no coordinator) yet: none of its members joined
+        return type(exc).__name__, 0
     finally:
         await admin.close()
     group = response.groups[0]
@@ -83,6 +87,10 @@ def freeze_and_thaw(bootstrap: str, tmp_path, capsys, point: str, name: str, **o
     try:
         zombie = cluster.start_worker(replace(settings, fault_injection=f"freeze_{point}:{FREEZE_AT}"))
         cluster.start_worker()
+        # both in the group before anything is published: the worker to freeze must own
+        # partitions while the pieces come in (joining after the router of the other had
+        # routed them all, it would have nothing to apply and never reach its freeze point)
+        wait_until(lambda: group(settings) == ("Stable", 2), 120, "both workers in the group")
         t0 = time.monotonic()
         first = 0
         while first < PIECES - 3 and not stopped(zombie.pid):  # publish until the freeze point fired
@@ -123,24 +131,8 @@ def freeze_and_thaw(bootstrap: str, tmp_path, capsys, point: str, name: str, **o
 
 POINTS = ["in_apply", "mid_rows", "after_rows"]
 
-# Measured on 2026-12-03, with the digest: on the embedded broker every case passed (7 of 7
-# runs). On Apache Kafka after_rows passed 3 of 3 and in_apply 2 of 3 (one run published 7
-# records fewer than a replay of the log); mid_rows stalled 3 of 3 at the two workers' first
-# rebalance, before any freeze (the worker that kept partitions: faust's changelog recovery
-# "No event received for active tp ... since recovery start"; neither worker's router or
-# engine moved again). Both are open in issue 11; until then the Kafka cases report, not gate.
-KAFKA_OPEN = pytest.mark.xfail(reason="on Kafka a two-worker rebalance can stall faust's changelog recovery "
-                                      "(issue 11: mid_rows 3 of 3 runs)", strict=False)
-
-
-def kafka_open(request) -> None:
-    if "kafka" in request.node.callspec.id.split("-"):
-        request.applymarker(KAFKA_OPEN)
-
-
 @pytest.mark.parametrize("point", POINTS)
-def test_a_frozen_worker_corrupts_nothing(broker, tmp_path, capsys, point, request):
-    kafka_open(request)
+def test_a_frozen_worker_corrupts_nothing(broker, tmp_path, capsys, point):
     freeze_and_thaw(broker, tmp_path, capsys, point, f"freeze {point}")
 
 
@@ -150,7 +142,6 @@ def three_nodes():
         yield cluster
 
 
-@KAFKA_OPEN
 def test_a_frozen_worker_corrupts_nothing_on_three_nodes(three_nodes, tmp_path, capsys):
     three_nodes.wait_in_sync()
     freeze_and_thaw(three_nodes.bootstrap, tmp_path, capsys, "after_rows", "freeze after_rows, 3 nodes",
