@@ -1,7 +1,7 @@
 """One benchmark command: ``python -m bench [--broker embedded|kafka] [--quick] [--no-write]``.
 
 Measures, in one run, on the embedded Tansu broker (the default), on a one-node Apache Kafka
-it starts itself (``--broker kafka``: :class:`stream.kafka_broker.KafkaCluster`, jars from
+it starts itself (``--broker kafka``: :class:`stream.kafka.apache.KafkaCluster`, jars from
 Maven Central, cached), or on ``KAFKA_BOOTSTRAP_SERVERS`` when that is set:
 
 * ``passthrough_eps``: raw aiokafka consume-and-produce, one output per input, no logic --
@@ -22,7 +22,7 @@ and in-process:
   100,000 positions (10,000 accounts x 10 contracts) -- the vectorised re-margin of every
   book and the account totals; ``tick_apply_100k_ms`` is the whole ``engine.apply(tick)``
   including the requirement records of every account that moved;
-* ``whatif_ms``: :func:`stream.whatif.whatif` for one account with 10 positions (10
+* ``whatif_ms``: :func:`stream.core.whatif.whatif` for one account with 10 positions (10
   listings, a tick, 10 fills: the what-if command without file reading);
 * ``reestimate_mc_ms``/``reestimate_analytic_ms``: a contract's re-estimation on a flash;
 * ``rss_mb_per_100k_positions``: resident memory of engine state (bench/memory.py, in a fresh
@@ -72,9 +72,9 @@ SIDE_BY_SIDE = ("<!-- python -m bench, both brokers: begin -->", "<!-- python -m
 # --------------------------------------------------------------------------- in-process
 def fanout(accounts: int) -> dict:
     """One tick over ``accounts`` x 10 positions: the re-margin alone, and the whole apply."""
-    from stream import engine
-    from stream.records import Cause, parse
-    from stream.topics import TICKS
+    from stream.core import engine
+    from stream.core.records import Cause, parse
+    from stream.core.topics import TICKS
 
     from .memory import build
 
@@ -110,7 +110,7 @@ def whatif_latency(n: int) -> dict:
     """``Market.margin`` (contracts prepared once, the request's 10 fills applied and the
     account re-margined) and, for reference, the one-shot ``whatif`` that also estimates
     the 10 contracts."""
-    from stream.whatif import Market, whatif
+    from stream.core.whatif import Market, whatif
 
     from .core import listing_raws
 
@@ -175,10 +175,10 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path) -> dict:
 def start_broker(engine: str):
     """The broker the run measures, started here: ``(broker object, its description)``."""
     if engine == "kafka":
-        from stream.kafka_broker import KAFKA_VERSION, KafkaCluster
+        from stream.kafka.apache import KAFKA_VERSION, KafkaCluster
 
         return KafkaCluster(nodes=1).start(), f"Apache Kafka {KAFKA_VERSION} (1 node, KRaft, started by the run)"
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.tansu import EmbeddedBroker
 
     return EmbeddedBroker().start(), "embedded Tansu"
 
@@ -372,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args(argv)
     if args.broker == "kafka":
-        from stream.kafka_broker import KAFKA_VERSION, missing_tools
-        from stream.kafka_dist import is_cached
+        from stream.kafka.apache import KAFKA_VERSION, missing_tools
+        from stream.kafka.dist import is_cached
 
         missing = missing_tools(need_maven=not is_cached(KAFKA_VERSION))
         if missing:

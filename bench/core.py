@@ -42,9 +42,10 @@ from typing import Callable
 import numpy as np
 
 import stream
-from stream import engine, model
-from stream.records import Cause, parse
-from stream.topics import FILLS, FLASH, LISTINGS, TICKS
+from stream.core import engine
+from stream.core import model
+from stream.core.records import Cause, parse
+from stream.core.topics import FILLS, FLASH, LISTINGS, TICKS
 
 EXAMPLES = Path(stream.__file__).resolve().parent / "examples"
 N_CONTRACTS = 10

@@ -3,7 +3,7 @@ write per event, nothing else.
 
     BENCH_TOPIC=... BENCH_N=... BENCH_OUT=file.json python -m bench.faust_floor
 
-Uses the processor's own faust options (:func:`stream.processor.faust_config`: memory
+Uses the processor's own faust options (:func:`stream.worker.processor.faust_config`: memory
 store, raw serializers, the same commit and session settings) from the ``KPIMARGIN_*``
 environment. The agent counts events; at the ``BENCH_N``-th it writes the wall-clock
 times of its first and last event to ``BENCH_OUT`` and keeps idling until stopped.
@@ -17,7 +17,7 @@ import time
 import faust
 import orjson
 
-from stream.processor import _patch_fetch_wait, faust_config
+from stream.worker.processor import _patch_fetch_wait, faust_config
 from stream.settings import Settings
 
 

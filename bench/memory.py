@@ -2,7 +2,7 @@
 
     python -m bench.memory [--accounts 10000]
 
-Builds an :class:`stream.engine.EngineState` with 10 listed contracts and ``--accounts``
+Builds an :class:`stream.core.engine.EngineState` with 10 listed contracts and ``--accounts``
 accounts holding one position in each (10 x accounts positions), through
 ``engine.apply`` of real parsed fills, and prints one JSON line: resident set size
 (``/proc/self/status`` VmRSS) before and after, and the growth per 100,000 positions.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import orjson
 
-from stream import engine
-from stream.records import Cause, parse
-from stream.topics import FILLS, LISTINGS, TICKS
+from stream.core import engine
+from stream.core.records import Cause, parse
+from stream.core.topics import FILLS, LISTINGS, TICKS
 
 from .core import FILL_TS, TICK_TS, listing_raws
 

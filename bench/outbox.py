@@ -5,9 +5,9 @@
 On the embedded broker (or ``KAFKA_BOOTSTRAP_SERVERS``), one aiokafka producer (acks=all,
 1 ms linger, 256 KiB batches) publishes the same ``--records`` records of 600 bytes,
 keyed over 1,000 accounts, to a fresh 4-partition topic three ways: ``await
-producer.send`` per record (what the worker did before :mod:`stream.outbox`), the
+producer.send`` per record (what the worker did before :mod:`stream.worker.outbox`), the
 accumulator's ``add_message`` with the partition precomputed, and
-:class:`stream.outbox.Outbox` (a batch per partition, handed over every 500 records, as
+:class:`stream.worker.outbox.Outbox` (a batch per partition, handed over every 500 records, as
 the engine does per log record). Reports process CPU and wall time per record, each until
 every record is acknowledged. Prints one JSON line.
 """
@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from stream.outbox import Outbox
+from stream.worker.outbox import Outbox
 
 
 async def _topic(bootstrap: str) -> str:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=50_000)
     args = parser.parse_args(argv)
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.tansu import EmbeddedBroker
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None if bootstrap else EmbeddedBroker().start()

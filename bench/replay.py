@@ -1,13 +1,13 @@
 """Offline replay throughput of the audit tool: ``python -m bench.replay [--accounts N] [--repeat R]``.
 
 Builds a synthetic ``margin.log`` in memory with the router's own function
-(:func:`stream.ordered_log.route_batch`, ``--batch`` input messages per record as one
+(:func:`stream.log.ordered_log.route_batch`, ``--batch`` input messages per record as one
 router fetch, over 4 partitions): 20 listings (copies of the two example contracts), one
 tick per round of fills and two flashes, and for each account one deposit and 24 fills
 over up to 13 contracts. Then times
 
 * ``recompute``: the replay proper, the records decoded into entries, a fresh EngineState
-  per log partition and :func:`stream.ordered_log.apply_entry` on every entry (what
+  per log partition and :func:`stream.log.ordered_log.apply_entry` on every entry (what
   ``kpimargin replay`` runs);
 * ``run_replay``: recompute plus the comparison with "published" records (here exactly
   the recomputed ones, serialised as a worker would), i.e. the whole audit after reading.
@@ -30,9 +30,9 @@ from pathlib import Path
 import orjson
 
 import stream
-from stream.audit import Record, as_records, log_entries, recompute, run_replay
-from stream.ordered_log import home_partition, replay, route_batch
-from stream.topics import CALLS, COLLATERAL, FILLS, FLASH, LISTINGS, LOG, REQUIREMENTS, TICKS
+from stream.audit.tools import Record, as_records, log_entries, recompute, run_replay
+from stream.log.ordered_log import home_partition, replay, route_batch
+from stream.core.topics import CALLS, COLLATERAL, FILLS, FLASH, LISTINGS, LOG, REQUIREMENTS, TICKS
 
 EXAMPLES = Path(stream.__file__).resolve().parent / "examples"
 PARTITIONS = 4

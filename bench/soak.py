@@ -26,12 +26,12 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream.broker import EmbeddedBroker
-from stream.cli_stream import start_worker_process, stop_process
-from stream.demo import load_scenario, publish_phases
-from stream.kafka import client_kwargs, ensure_topics, key_for
+from stream.kafka.tansu import EmbeddedBroker
+from stream.cli.stream_commands import start_worker_process, stop_process
+from stream.cli.demo import load_scenario, publish_phases
+from stream.kafka.clients import client_kwargs, ensure_topics, key_for
 from stream.settings import Settings
-from stream.topics import FILLS, LOG, TICKS
+from stream.core.topics import FILLS, LOG, TICKS
 
 
 def _day(day: int) -> str:
@@ -50,7 +50,7 @@ def rss_mb(pid: int) -> float:
 
 async def lags(settings: Settings, published: int) -> tuple[int, int]:
     """(router lag in input messages, engine lag in log records)."""
-    from stream.topics import ACCOUNT_TOPICS
+    from stream.core.topics import ACCOUNT_TOPICS
 
     async def committed(group: str, topics: list[str]) -> int:
         consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=group, enable_auto_commit=False)
@@ -68,7 +68,7 @@ async def lags(settings: Settings, published: int) -> tuple[int, int]:
         log_end = sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
-    from stream.router import last_positions
+    from stream.worker.router import last_positions
 
     routed = 0  # inputs the log has taken in: the account topics' positions, plus the listings and ticks once
     for p in range(settings.partitions):

@@ -21,15 +21,15 @@ from typing import Iterator
 
 import orjson
 
-from stream import durable
-from stream.cli_stream import start_worker_process, stop_process
-from stream.demo import publish_phases, wait_until
-from stream.engine import EngineState, apply
-from stream.records import Cause, parse
-from stream.kafka import ensure_topics, read_topic
-from stream.ordered_log import entry_source, record_entries, record_positions, replay
+from stream.worker import durable
+from stream.cli.stream_commands import start_worker_process, stop_process
+from stream.cli.demo import publish_phases, wait_until
+from stream.core.engine import EngineState, apply
+from stream.core.records import Cause, parse
+from stream.kafka.clients import ensure_topics, read_topic
+from stream.log.ordered_log import entry_source, record_entries, record_positions, replay
 from stream.settings import Settings
-from stream.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
+from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
 
 
 def docker_available() -> bool:
@@ -53,20 +53,20 @@ def start_broker(kind: str) -> Iterator[str]:
     """Bootstrap servers of a broker of ``kind`` (:func:`broker_kinds`), stopped afterwards.
 
     ``kafka`` is a testcontainers Kafka when a Docker daemon answers, else Apache Kafka's
-    own jars run by ``stream.kafka_broker`` (fetched with Maven once, then cached). Where
+    own jars run by ``stream.kafka.apache`` (fetched with Maven once, then cached). Where
     neither Java nor Maven is installed the real-Kafka cases are skipped with the reason --
     except under CI (``CI=true``), where a real-Kafka case that cannot start fails."""
     if kind == "external":
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     elif kind == "embedded":
-        from stream.broker import EmbeddedBroker
+        from stream.kafka.tansu import EmbeddedBroker
 
         with EmbeddedBroker() as broker:
             yield broker.bootstrap
     elif docker_available():
         from testcontainers.kafka import KafkaContainer
 
-        from stream.kafka_broker import KAFKA_VERSION
+        from stream.kafka.apache import KAFKA_VERSION
 
         with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
@@ -77,13 +77,13 @@ def start_broker(kind: str) -> Iterator[str]:
 
 @contextmanager
 def kafka_cluster(nodes: int):
-    """A :class:`stream.kafka_broker.KafkaCluster` of ``nodes`` started for a test (its jars
+    """A :class:`stream.kafka.apache.KafkaCluster` of ``nodes`` started for a test (its jars
     fetched with Maven once, then cached), stopped afterwards. Without Java or Maven the
     test is skipped with the reason, except under CI (``CI=true``), where it fails."""
     import pytest
 
-    from stream.kafka_broker import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
-    from stream.kafka_dist import is_cached
+    from stream.kafka.apache import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
+    from stream.kafka.dist import is_cached
 
     missing = missing_tools(need_maven=not is_cached(KAFKA_VERSION))
     if missing:
@@ -161,7 +161,7 @@ class Cluster:
     def publish_messages(self, runs: list[tuple[str, list[dict]]]) -> None:
         """Publish ``(topic, messages)`` runs one after the other, without waiting for the
         processor (the log's order is then whatever the router sees)."""
-        from stream.kafka import publish
+        from stream.kafka.clients import publish
 
         async def run():
             for topic, messages in runs:
@@ -221,7 +221,7 @@ class Cluster:
         processor's group by default)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from stream.kafka import client_kwargs
+        from stream.kafka.clients import client_kwargs
 
         async def run():
             consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=group or self.settings.app_id,
@@ -321,7 +321,7 @@ class Cluster:
     def table_rows(self) -> dict[int, dict[str, dict]]:
         """The workers' persisted state: per log partition, every row as of its durable
         ``meta`` offset (the latest changelog record of each key, read as the worker does,
-        :mod:`stream.durable`)."""
+        :mod:`stream.worker.durable`)."""
         name = f"{self.settings.app_id}-state-changelog"
         latest: dict[int, dict[str, bytes]] = defaultdict(dict)
 

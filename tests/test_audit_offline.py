@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.audit import (
+from stream.audit.tools import (
     Filters,
     Record,
     as_records,
@@ -17,10 +17,10 @@ from stream.audit import (
     route_offline,
     run_replay,
 )
-from stream.demo import load_scenario
-from stream.ordered_log import encode_entry, encode_record, expand, home_partition, replay, route_batch
-from stream.timeutil import parse_time_us
-from stream.topics import CALLS, COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, TICKS
+from stream.cli.demo import load_scenario
+from stream.log.ordered_log import encode_entry, encode_record, expand, home_partition, replay, route_batch
+from stream.core.timeutil import parse_time_us
+from stream.core.topics import CALLS, COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, TICKS
 
 from .conftest import TSLA, load_example
 

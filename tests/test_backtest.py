@@ -14,14 +14,14 @@ import orjson
 import pytest
 from scipy import stats as sps
 
-from stream import model
-from stream.audit import Record, as_records, route_offline, write_export
+from stream.core import model
+from stream.audit.tools import Record, as_records, route_offline, write_export
 from stream.backtest import forecast, stats
 from stream.backtest.generate import GENERATORS, generate, write_panel
 from stream.backtest.panel import read_panel
-from stream.cli import main
-from stream.ordered_log import replay
-from stream.topics import FILLS, LISTINGS, LOG, REQUIREMENTS, SETTLEMENTS, TICKS, COLLATERAL
+from stream.cli.main import main
+from stream.log.ordered_log import replay
+from stream.core.topics import FILLS, LISTINGS, LOG, REQUIREMENTS, SETTLEMENTS, TICKS, COLLATERAL
 
 from .conftest import EXAMPLES, load_example
 

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.engine import EngineState
-from stream.ordered_log import apply_record, home_partition, route_batch
-from stream.topics import COLLATERAL, DEADLETTER, FILLS, FLASH, INPUT_TOPICS, LISTINGS, SETTLEMENTS, TICKS
+from stream.core.engine import EngineState
+from stream.log.ordered_log import apply_record, home_partition, route_batch
+from stream.core.topics import COLLATERAL, DEADLETTER, FILLS, FLASH, INPUT_TOPICS, LISTINGS, SETTLEMENTS, TICKS
 
 from .conftest import TSLA, load_example
 
@@ -205,7 +205,7 @@ def test_the_same_fill_many_times_counts_once():
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_corpus_through_a_real_worker(tmp_path, broker):
-    from stream.kafka import publish
+    from stream.kafka.clients import publish
 
     from .streaming_support import Cluster, fresh_settings
 

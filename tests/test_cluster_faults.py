@@ -32,8 +32,8 @@ from collections import Counter
 
 import pytest
 
-from stream.lifecycle import EXIT_FAILED
-from stream.topics import LOG
+from stream.worker.lifecycle import EXIT_FAILED
+from stream.core.topics import LOG
 
 from .streaming_support import Cluster, breakdown, check_outcome, fresh_settings, kafka_cluster
 from .test_crash import chunked, scenario

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.cli import build_parser
-from stream.kafka import all_topics
+from stream.cli.main import build_parser
+from stream.kafka.clients import all_topics
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def test_kafka_is_apache_kafka_in_kraft_mode(services):
 def test_compose_runs_the_kafka_version_the_tests_run(services):
     """docker compose and `kpimargin broker --engine kafka` (the tests' real Kafka) run the
     same Apache Kafka release."""
-    from stream.kafka_broker import KAFKA_VERSION
+    from stream.kafka.apache import KAFKA_VERSION
 
     assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
 

@@ -33,7 +33,7 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from stream.topics import COLLATERAL, FILLS, FLASH, LISTINGS, TICKS
+from stream.core.topics import COLLATERAL, FILLS, FLASH, LISTINGS, TICKS
 
 from .conftest import TSLA, load_example
 from .streaming_support import Cluster, breakdown, check_outcome, fresh_settings

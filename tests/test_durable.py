@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream import durable
-from stream.engine import EngineConfig, EngineState, row_order
-from stream.ordered_log import apply_record, encode_entry, encode_record
-from stream.topics import COLLATERAL, FILLS, LISTINGS, SETTLEMENTS, TICKS
+from stream.worker import durable
+from stream.core.engine import EngineConfig, EngineState, row_order
+from stream.log.ordered_log import apply_record, encode_entry, encode_record
+from stream.core.topics import COLLATERAL, FILLS, LISTINGS, SETTLEMENTS, TICKS
 
 from .conftest import TSLA, comparable_rows
 

@@ -36,8 +36,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from stream.kafka import client_kwargs
-from stream.kafka_dist import wait_for_state
+from stream.kafka.clients import client_kwargs
+from stream.kafka.dist import wait_for_state
 
 from .streaming_support import Cluster, breakdown, check_outcome, fresh_settings, kafka_cluster
 from .test_crash import chunked, scenario
@@ -155,7 +155,7 @@ def test_a_changelog_row_no_writer_held_is_rebuilt_from_the_log(broker, tmp_path
     meta row broken, rebuilds the partition from margin.log and writes every row again."""
     from aiokafka import AIOKafkaProducer
 
-    from stream import durable
+    from stream.worker import durable
 
     settings = fresh_settings(broker, tmp_path, batch_max=20)
     cluster = Cluster(settings, tmp_path)

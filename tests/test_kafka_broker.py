@@ -24,11 +24,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from stream import kafka_dist
-from stream.kafka import all_topics, ensure_topics
-from stream.kafka_broker import KAFKA_VERSION, LOGGING_JARS, KafkaCluster, missing_tools
+from stream.kafka import dist as kafka_dist
+from stream.kafka.clients import all_topics, ensure_topics
+from stream.kafka.apache import KAFKA_VERSION, LOGGING_JARS, KafkaCluster, missing_tools
 from stream.settings import Settings
-from stream.topics import LOG
+from stream.core.topics import LOG
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

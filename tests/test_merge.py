@@ -8,10 +8,10 @@ import random
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from stream.merge import End, Fetched, TaskInputs, release
-from stream.ordered_log import log_partition, route_input
-from stream.partitioner import default_partition, murmur2
-from stream.topics import FILLS, LISTINGS, SETTLEMENTS, TICKS
+from stream.log.merge import End, Fetched, TaskInputs, release
+from stream.log.ordered_log import log_partition, route_input
+from stream.log.partitioner import default_partition, murmur2
+from stream.core.topics import FILLS, LISTINGS, SETTLEMENTS, TICKS
 
 FILLS0, TICKS0, LIST0, SETTLE0 = (FILLS, 0), (TICKS, 0), (LISTINGS, 0), (SETTLEMENTS, 0)
 

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.outbox import Outbox
+from stream.worker.outbox import Outbox
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from stream import topics
-from stream.engine import EngineState, apply
-from stream.errors import Rejected
-from stream.records import Cause, deadletter_record, parse, parse_bytes
+from stream.core import topics
+from stream.core.engine import EngineState, apply
+from stream.core.errors import Rejected
+from stream.core.records import Cause, deadletter_record, parse, parse_bytes
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 EXAMPLES = SCHEMAS / "examples"

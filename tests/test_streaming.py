@@ -14,9 +14,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from stream.demo import is_final, load_scenario, scenario_accounts
-from stream.kafka import log_partition
-from stream.topics import CALLS, DEADLETTER, FLASH, LOG, REQUIREMENTS, TICKS
+from stream.cli.demo import is_final, load_scenario, scenario_accounts
+from stream.log.ordered_log import log_partition
+from stream.core.topics import CALLS, DEADLETTER, FLASH, LOG, REQUIREMENTS, TICKS
 
 from .conftest import comparable_rows
 from .streaming_support import Cluster, by_account, fresh_settings, run_phases_and_settle
@@ -172,7 +172,7 @@ def test_bad_input_goes_to_the_deadletter_and_the_partition_keeps_flowing(bootst
     cluster.start_worker()
     try:
         cluster.publish(PHASES[:4])  # listings, a tick, deposits, the trading phase
-        from stream.kafka import publish
+        from stream.kafka.clients import publish
         import asyncio
 
         asyncio.run(publish(cluster.settings, "trades.fills", [raw for raw, _ in BAD_FILLS]))
@@ -258,7 +258,7 @@ def test_rocksdb_store_survives_a_restart(bootstrap, tmp_path, clean_run):
 
     async def restart_midway(phase):
         if PHASES.index(phase) == 5:
-            from stream.cli_stream import stop_process
+            from stream.cli.stream_commands import stop_process
 
             stop_process(state["worker"])
             cluster.workers.remove(state["worker"])
@@ -281,7 +281,7 @@ def test_a_group_offset_ahead_of_the_durable_state_is_sought_back(bootstrap, tmp
     engine seeks the log back -- nothing is skipped."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from stream.kafka import client_kwargs
+    from stream.kafka.clients import client_kwargs
 
     settings = fresh_settings(bootstrap, tmp_path, fault_injection="skip_resume_commit")
     cluster = Cluster(settings, tmp_path)

@@ -74,7 +74,7 @@ class _SeriesProgress:
     """A one-line progress bar over series on a terminal (silent otherwise)."""
 
     def __init__(self, total: int):
-        from ..audit import Progress
+        from stream.audit.tools import Progress
 
         class SeriesBar(Progress):
             def line(self, done: int, elapsed: float, width: int = 30) -> str:
@@ -104,9 +104,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run_panel(args: argparse.Namespace) -> int:
-    from . import forecast, plots, report
-    from .panel import PanelError, read_panel, run_params
-    from .summary import summarize
+    from stream.backtest import forecast, plots, report
+    from stream.backtest.panel import PanelError, read_panel, run_params
+    from stream.backtest.summary import summarize
 
     if not args.out:
         raise Usage("--out DIR is required")
@@ -154,7 +154,7 @@ def run_panel(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .generate import generate, write_panel
+    from stream.backtest.generate import generate, write_panel
 
     if args.panel is not None or args.from_log:
         raise Usage("--generate takes no PANEL and no --from-log")
@@ -175,10 +175,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_from_log(args: argparse.Namespace) -> int:
-    from ..audit import load_topics
-    from ..settings import Settings
-    from ..topics import LOG, REQUIREMENTS
-    from . import from_log
+    from stream.audit.tools import load_topics
+    from stream.settings import Settings
+    from stream.core.topics import LOG, REQUIREMENTS
+    from stream.backtest import from_log
 
     if args.panel is not None:
         raise Usage("--from-log takes no PANEL")

@@ -1,25 +1,25 @@
-"""Per-origin forecasts of a panel, through the model's own functions (:mod:`stream.model`).
+"""Per-origin forecasts of a panel, through the model's own functions (:mod:`stream.core.model`).
 
 For series ``s`` and origin ``t`` (``n = t`` returns; at least 2, or 1 with ``sigma_prior``):
 the forecast contract has ``history = levels[0..t]``, anchor ``K_t``, range
 ``[lo*K_t, hi*K_t]`` and ``tau = 1`` (listing time: no convergence term); the realised
 outcome is ``clamp(levels[t+1])``. A unit BUY (``long``) and a unit SELL (``short``) at the
 anchor price, notional 1 (``q = ±1``, ``a = ±K_t``), are margined with
-:func:`stream.model.position_components` on :func:`stream.model.risk_vector`, exactly as the
+:func:`stream.core.model.position_components` on :func:`stream.core.model.risk_vector`, exactly as the
 engine margins a fill. Per origin and side:
 
-* ``loss`` = :func:`stream.model.position_loss` at the realised outcome;
+* ``loss`` = :func:`stream.core.model.position_loss` at the realised outcome;
 * ``var`` = the loss at the outcome's ``1 - alpha`` (long) or ``alpha`` (short) quantile:
-  :func:`stream.model.outcome_quantiles` (analytic) or the m-th lowest/highest of the M
-  clamped draws, ``m`` the ES tail count (:func:`stream.model.mc_outcome_quantiles`);
+  :func:`stream.core.model.outcome_quantiles` (analytic) or the m-th lowest/highest of the M
+  clamped draws, ``m`` the ES tail count (:func:`stream.core.model.mc_outcome_quantiles`);
 * ``es``, ``stress``, ``im``, ``max_loss`` as the model computes them (ES method as the
   series' params or the run's flags say);
 * ``pit``, per origin: ``F(K-) + V (F(K) - F(K-))`` under the clamped predictive
-  (:func:`stream.model.outcome_cdf`, the exact law the MC samples), ``V ~ U(0, 1)`` seeded.
+  (:func:`stream.core.model.outcome_cdf`, the exact law the MC samples), ``V ~ U(0, 1)`` seeded.
 
 For the calibration picture, the analytic VaR hit of each row is also computed with the
 inflation ``c`` set to each of :data:`CALIBRATION_C` (the estimate re-run through
-:func:`stream.model.estimate`). For the mc-vs-analytic comparison, the other method's ES is
+:func:`stream.core.model.estimate`). For the mc-vs-analytic comparison, the other method's ES is
 computed on a deterministic sample of at most :data:`ES_SAMPLE` origins.
 """
 
@@ -31,9 +31,9 @@ from typing import Callable
 
 import numpy as np
 
-from .. import model
-from ..errors import Rejected
-from .panel import Panel, PanelError
+from stream.core import model
+from stream.core.errors import Rejected
+from stream.backtest.panel import Panel, PanelError
 
 SIDES = (("long", 1.0), ("short", -1.0))
 CALIBRATION_C = (0.0, 2.0, 4.0, 8.0)

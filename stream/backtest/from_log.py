@@ -2,15 +2,15 @@
 position realised at its contract's settlement.
 
 The topics come from an export directory (``--dir``) or the broker, through
-:func:`stream.audit.load_topics` (the broker path imports aiokafka lazily, there only).
-``margin.log`` is replayed entry by entry with :func:`stream.ordered_log.apply_entry`, the
+:func:`stream.audit.tools.load_topics` (the broker path imports aiokafka lazily, there only).
+``margin.log`` is replayed entry by entry with :func:`stream.log.ordered_log.apply_entry`, the
 worker's own loop, for two things only: each requirement's positions ``(q, a)`` at the
 moment it was published (a requirement carries ``q`` but not ``a``) and the settlement
 values. The IM compared is the published one, never the replay's.
 
 An observation is one position of one published requirement on a contract that has since
 settled: the loss that position ``(q, a)`` realised at settlement, held unchanged,
-``loss = (a - q * clamp(value)) / R`` (:func:`stream.model.position_loss`, the float
+``loss = (a - q * clamp(value)) / R`` (:func:`stream.core.model.position_loss`, the float
 arithmetic of the published ``max_loss``, so a position whose IM is its ``max_loss`` is
 never an exception by rounding), against the position's published ``im``. Observations of
 one position at successive requirements are strongly dependent: the one-sided binomial test
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import model
-from ..audit import log_entries, published_by_id
-from ..engine import EngineConfig, EngineState
-from ..ordered_log import apply_entry
-from ..topics import LOG, REQUIREMENTS
-from . import stats
-from .report import gate_lines, num, pct, table, write_json
+from stream.core import model
+from stream.audit.tools import log_entries, published_by_id
+from stream.core.engine import EngineConfig, EngineState
+from stream.log.ordered_log import apply_entry
+from stream.core.topics import LOG, REQUIREMENTS
+from stream.backtest import stats
+from stream.backtest.report import gate_lines, num, pct, table, write_json
 
 GATE_LEVEL = 0.05
 

@@ -9,7 +9,7 @@ One line per series::
 ``[0.5, 1.5]``) scales each origin's anchor into the forecast contract's ``[lower, upper]``
 (``0 <= lo <= 1 <= hi``, ``lo < hi``, so the unit position at the anchor price is inside the
 range); ``params`` are listing parameters as in SPEC §2 (validated by
-:meth:`stream.model.Params.from_mapping`, the listing's own check); ``truth`` is what a
+:meth:`stream.core.model.Params.from_mapping`, the listing's own check); ``truth`` is what a
 generator knew (informational, never read by the backtest).
 
 Effective parameters of a series: the model defaults, then the run's flags (``--alpha``,
@@ -29,8 +29,8 @@ from typing import Any, Mapping
 
 import orjson
 
-from ..errors import Rejected
-from ..model import Params
+from stream.core.errors import Rejected
+from stream.core.model import Params
 
 DEFAULT_RANGE = (0.5, 1.5)
 KNOWN_FIELDS = ("series_id", "levels", "range", "params", "truth")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
-from .forecast import CALIBRATION_C, Forecasts
+from stream.backtest import stats
+from stream.backtest.forecast import CALIBRATION_C, Forecasts
 
 EXCEEDANCE_SERIES = 6
 C_COLORS = {0.0: "tab:red", 2.0: "tab:orange", 4.0: "tab:blue", 8.0: "tab:green"}

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from .forecast import CALIBRATION_C, Forecasts
+from stream.backtest.forecast import CALIBRATION_C, Forecasts
 
 CSV_COLUMNS = ("series_id", "origin", "n_returns", "side", "anchor", "lower", "upper", "level", "outcome", "loss",
                "var", "es", "stress", "im", "max_loss", "hit_var", "hit_es", "hit_im", "hit_stress", "pit", "es_method")

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import model
-from . import stats
-from .forecast import CALIBRATION_C, Forecasts
+from stream.core import model
+from stream.backtest import stats
+from stream.backtest.forecast import CALIBRATION_C, Forecasts
 
 BUCKETS = (("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-7", 5, 7), ("8-12", 8, 12), ("13+", 13, 1 << 62))
 SIDE_NAMES = ("long", "short")
@@ -61,7 +61,7 @@ def _cells(fc: Forecasts) -> list[tuple[int, str, np.ndarray]]:
 
 def simulate_z2(fc: Forecasts, cells: list[tuple[int, str, np.ndarray]], sims: int, seed: int) -> np.ndarray:
     """``sims`` values of ``Z_2`` per cell, each from outcomes drawn from every origin's
-    predictive law (:func:`stream.model.outcome_at` of Student-t draws) against the
+    predictive law (:func:`stream.core.model.outcome_at` of Student-t draws) against the
     forecasts' own VaR and ES."""
     p = 1.0 - fc.alpha
     rng = np.random.default_rng([seed, 1])

@@ -24,7 +24,7 @@ changes, :func:`stage_with_digest`). A loader that computes another digest from 
 rows no writer ever held together as of that offset -- a worker the group had already
 replaced (a *zombie*, thawed after a freeze longer than the session timeout) wrote its
 late rows or its ``meta`` after its successor's -- and rebuilds the partition from the
-log instead of trusting them (:mod:`stream.rebuild`). A digest that matches means the
+log instead of trusting them (:mod:`stream.worker.rebuild`). A digest that matches means the
 rows are exactly one writer's state as of ``meta``: the engine is deterministic and every
 writer applies the same log in order, so that state is the true one.
 """

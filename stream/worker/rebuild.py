@@ -1,9 +1,9 @@
 """Rebuild one log partition's engine state from ``margin.log`` itself: the repair of a
-changelog whose rows fail their ``meta`` digest (:mod:`stream.durable`).
+changelog whose rows fail their ``meta`` digest (:mod:`stream.worker.durable`).
 
 The log is the truth and the engine is deterministic: applying log partition ``p`` from
 its first record through offset ``last`` with the pure core (the replay's own
-:func:`stream.ordered_log.apply_record`, outputs discarded -- they were published when
+:func:`stream.log.ordered_log.apply_record`, outputs discarded -- they were published when
 the records were first applied) gives exactly the state every worker held as of
 ``last``. It needs the log from offset 0: a log whose first records the broker has
 deleted (retention) cannot be replayed, and the worker stops with that reason rather than
@@ -17,11 +17,11 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .engine import EngineConfig, EngineState
-from .kafka import client_kwargs
-from .ordered_log import apply_record
-from .settings import Settings
-from .topics import LOG
+from stream.core.engine import EngineConfig, EngineState
+from stream.kafka.clients import client_kwargs
+from stream.log.ordered_log import apply_record
+from stream.settings import Settings
+from stream.core.topics import LOG
 
 log = logging.getLogger("kpimargin")
 

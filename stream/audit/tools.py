@@ -1,14 +1,14 @@
 """Operators' audit tools on the same core: replay, explain, export, report.
 
 Nothing here re-implements the model or the engine. Every number is recomputed by
-replaying ``margin.log`` entry by entry through :func:`stream.ordered_log.apply_entry` (the
-loop :func:`stream.ordered_log.apply_record` runs in the worker) and, for one account's components, :func:`stream.engine.account_risk`.
+replaying ``margin.log`` entry by entry through :func:`stream.log.ordered_log.apply_entry` (the
+loop :func:`stream.log.ordered_log.apply_record` runs in the worker) and, for one account's components, :func:`stream.core.engine.account_risk`.
 
 Topics come either from the broker (:func:`read_broker`) or from an export directory
 written by :func:`write_export` (``DIR/<topic>.jsonl``, one record a line); both give the
 same :class:`Record` lists, so every tool works on either.
 
-No faust import: the broker is read with plain aiokafka (``stream.kafka``), lazily.
+No faust import: the broker is read with plain aiokafka (``stream.kafka.clients``), lazily.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any, Iterable, TextIO
 
 import orjson
 
-from .engine import EngineConfig, EngineState, Output, account_risk
-from .money import cents_to_decimal, cents_up, money_str
-from .ordered_log import Entry, apply_entry, encode_record, expand, merge_inputs, route_input
-from .timeutil import format_time_us, parse_time_us
-from .topics import (
+from stream.core.engine import EngineConfig, EngineState, Output, account_risk
+from stream.core.money import cents_to_decimal, cents_up, money_str
+from stream.log.ordered_log import Entry, apply_entry, encode_record, expand, merge_inputs, route_input
+from stream.core.timeutil import format_time_us, parse_time_us
+from stream.core.topics import (
     ACCOUNT_TOPICS,
     CALLS,
     COLLATERAL,
@@ -131,7 +131,7 @@ async def read_broker(settings: Any, topics: Iterable[str], idle_s: float = 2.0)
     until each has been idle for ``idle_s`` seconds."""
     import asyncio
 
-    from .kafka import read_topic
+    from stream.kafka.clients import read_topic
 
     async def one(topic: str) -> list[Record]:
         return [Record(p, o, t, k, v) async for p, o, t, k, v in read_topic(settings, topic, idle_timeout_s=idle_s)]
@@ -161,12 +161,12 @@ def log_entries(records: Iterable[Record]) -> list[tuple[int, int, int, Entry]]:
 def log_from_inputs(topics: dict[str, list[Record]], partitions: int, max_bytes: int,
                     max_record_bytes: int | None = None) -> list[Record]:
     """Rebuild an ordered log from the raw input topics with the router's own functions
-    (:func:`stream.ordered_log.merge_inputs` then :func:`stream.ordered_log.route_input`),
+    (:func:`stream.log.ordered_log.merge_inputs` then :func:`stream.log.ordered_log.route_input`),
     one entry per record: record boundaries change no output. It equals the processor's
     log wherever the router saw the events in timestamp order -- true for inputs published
     one after another; events published at the same moment on different topics may have
     been routed in another order."""
-    from .topics import INPUT_TOPICS
+    from stream.core.topics import INPUT_TOPICS
 
     runs: dict[tuple[str, int], list[tuple[int | None, int, bytes | None]]] = {}
     for topic in INPUT_TOPICS:
@@ -861,7 +861,7 @@ def route_offline(messages: Iterable[tuple[str, dict]], partitions: int) -> list
     their key gives; the others to every partition, from partition 0), one entry per
     record. For tests and benchmarks; returns ``(log partition, log offset, record)`` in
     log order."""
-    from .ordered_log import encode_entry, home_partition
+    from stream.log.ordered_log import encode_entry, home_partition
 
     source_offsets: dict[str, int] = {}
     log_offsets = [0] * partitions

@@ -28,7 +28,7 @@ from typing import Mapping
 import numpy as np
 from scipy import stats
 
-from .errors import InvalidListing, SchemaViolation
+from stream.core.errors import InvalidListing, SchemaViolation
 
 
 # --------------------------------------------------------------------------- parameters

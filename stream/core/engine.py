@@ -2,7 +2,7 @@
 
 One :class:`EngineState` holds the contracts, the event-time clock and the accounts of one
 partition of the ordered log. ``apply`` validates the event completely before it changes
-anything, so a rejected event (a :class:`~stream.errors.Rejected`) leaves the state as it
+anything, so a rejected event (a :class:`~stream.core.errors.Rejected`) leaves the state as it
 was. The state is updated in place and returned, for speed: callers own it.
 
 Idempotency has two layers:
@@ -12,7 +12,7 @@ Idempotency has two layers:
   is not above it is skipped for that row, so an input forwarded to the log twice (a router
   restarted before committing) changes nothing the second time. A state loaded for
   re-application must be the state after some log entry: a shell that persists rows must
-  load all of a batch's rows or none (the worker does, :mod:`stream.durable`).
+  load all of a batch's rows or none (the worker does, :mod:`stream.worker.durable`).
 * fills and movements are also deduplicated by their business id: the same id with the
   same content is ignored; with different content it is a ``duplicate_conflict``.
 
@@ -30,13 +30,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import model
-from .calls import OpenCall, next_call
-from .errors import ContractSettled, DuplicateConflict, OutOfOrder, OutOfRange, UnknownContract
-from .model import RiskVector
-from .money import ZERO, cents_to_decimal, cents_up, money_str
-from .positions import Book, Position
-from .records import (
+from stream.core import model
+from stream.core.calls import OpenCall, next_call
+from stream.core.errors import ContractSettled, DuplicateConflict, OutOfOrder, OutOfRange, UnknownContract
+from stream.core.model import RiskVector
+from stream.core.money import ZERO, cents_to_decimal, cents_up, money_str
+from stream.core.positions import Book, Position
+from stream.core.records import (
     Cause,
     Event,
     Fill,
@@ -50,8 +50,8 @@ from .records import (
     parse_settlement,
     record_id,
 )
-from .timeutil import format_time_us
-from .topics import CALLS, REQUIREMENTS
+from stream.core.timeutil import format_time_us
+from stream.core.topics import CALLS, REQUIREMENTS
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ def row_order(key: str) -> tuple[int, str]:
     """The order a persistent shell writes rows in: the clock, contracts, remembered ids,
     then accounts, whose positions name contracts: in this order every prefix of a batch's
     rows loads with :meth:`EngineState.from_rows` (the worker goes further and rolls a
-    partly written batch back altogether, see :mod:`stream.durable`)."""
+    partly written batch back altogether, see :mod:`stream.worker.durable`)."""
     return ({"clock": 0, "contract": 1, "seen": 2}.get(key.partition(":")[0], 3), key)
 
 
@@ -335,7 +335,7 @@ def _refresh_book(state: EngineState, contract: ContractState) -> None:
 def _book_risk_dicts(contract: ContractState) -> tuple[list, list, list] | None:
     """``(q, a, dicts)`` of the book's last vectorised re-margin if it is still current
     (same contract version), else None: the columns it saw as lists, and every row's
-    per-position record dict (the layout of :func:`stream.model._risk_dict`), built in one
+    per-position record dict (the layout of :func:`stream.core.model._risk_dict`), built in one
     pass on first use."""
     cached = contract.book_risk
     if cached is None or cached[0] != contract.version:
@@ -719,7 +719,7 @@ def _apply_movement(state: EngineState, ev: Movement, cause: Cause) -> list[Outp
 
 def apply(state: EngineState, event: Event, cause: Cause, raw: dict | None = None) -> tuple[EngineState, list[Output]]:
     """Apply one validated event; return the (same, updated) state and the records to
-    publish. Raises :class:`~stream.errors.Rejected` -- with the state unchanged -- for
+    publish. Raises :class:`~stream.core.errors.Rejected` -- with the state unchanged -- for
     input that cannot be applied. ``raw`` is the decoded message (kept for persistence of
     listings, flashes and settlements)."""
     if isinstance(event, Fill):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from .settings import Settings
-from .topics import INPUT_TOPICS, LOG, OUTPUT_TOPICS
+from stream.settings import Settings
+from stream.core.topics import INPUT_TOPICS, LOG, OUTPUT_TOPICS
 
 
 def settings_help() -> str:
@@ -33,9 +33,9 @@ def _settings() -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .kafka import ensure_topics
-    from .processor import run_worker
-    from .router import PartitionCountError, check_copartitioned
+    from stream.kafka.clients import ensure_topics
+    from stream.worker.processor import run_worker
+    from stream.worker.router import PartitionCountError, check_copartitioned
 
     settings = _settings()
     asyncio.run(ensure_topics(settings))
@@ -56,7 +56,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     if given:
         print(f"kpimargin broker: {', '.join(given)} only with --engine kafka", file=sys.stderr)
         return 2
-    from .broker import broker_command
+    from stream.kafka.tansu import broker_command
 
     port = 9092 if args.port is None else args.port
     command = broker_command(port)
@@ -75,8 +75,8 @@ def _run_kafka_broker(args: argparse.Namespace) -> int:
     import logging
     import threading
 
-    from . import kafka_dist
-    from .kafka_broker import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
+    from stream.kafka import dist as kafka_dist
+    from stream.kafka.apache import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
 
     version = args.version or KAFKA_VERSION
     nodes = 1 if args.nodes is None else args.nodes
@@ -138,7 +138,7 @@ def _run_kafka_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from .kafka import all_topics, ensure_topics
+    from stream.kafka.clients import all_topics, ensure_topics
 
     settings = _settings()
     asyncio.run(ensure_topics(settings))
@@ -148,7 +148,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .kafka import publish
+    from stream.kafka.clients import publish
 
     settings = _settings()
     try:
@@ -162,7 +162,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from .kafka import read_topic
+    from stream.kafka.clients import read_topic
 
     settings = _settings()
 
@@ -186,13 +186,13 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from stream.cli.demo import run_demo
 
     return run_demo(quiet=args.quiet)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from .kafka_broker import KAFKA_VERSION
+    from stream.kafka.apache import KAFKA_VERSION
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("worker", help="run a faust worker of the processor", epilog=settings_help(), formatter_class=fmt)
@@ -292,7 +292,7 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
 # --------------------------------------------------------------------------- audit commands
 def _audit_topics(topics: list[str], directory: str | None, command: str) -> dict | None:
     """Topics from an export directory or the broker; None (after a message) when unreadable."""
-    from .audit import load_topics
+    from stream.audit.tools import load_topics
 
     try:
         return load_topics(topics, directory, None if directory else _settings())
@@ -303,8 +303,8 @@ def _audit_topics(topics: list[str], directory: str | None, command: str) -> dic
 
 def _time_arg(value: str | None, name: str, command: str) -> int | None:
     """An optional ISO-8601 UTC option as microseconds; exits 2 when it does not parse."""
-    from .errors import Rejected
-    from .timeutil import parse_time_us
+    from stream.core.errors import Rejected
+    from stream.core.timeutil import parse_time_us
 
     if value is None:
         return None
@@ -321,14 +321,14 @@ def _engine_config():
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .audit import Filters, Progress, format_report, run_replay
-    from .topics import CALLS, REQUIREMENTS
+    from stream.audit.tools import Filters, Progress, format_report, run_replay
+    from stream.core.topics import CALLS, REQUIREMENTS
 
     filters = Filters(args.account, args.contract, _time_arg(args.from_time, "--from-time", "replay"),
                       _time_arg(args.to_time, "--to-time", "replay"), args.from_offset, args.to_offset)
     if args.from_inputs:
-        from .audit import log_from_inputs
-        from .topics import INPUT_TOPICS
+        from stream.audit.tools import log_from_inputs
+        from stream.core.topics import INPUT_TOPICS
 
         topics = _audit_topics([*INPUT_TOPICS, REQUIREMENTS, CALLS], args.dir, "replay")
         if topics is None:
@@ -345,7 +345,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .audit import explain, format_explain, log_entries, to_json
+    from stream.audit.tools import explain, format_explain, log_entries, to_json
 
     at_us = _time_arg(args.at, "--at", "explain")
     topics = _audit_topics([LOG], args.dir, "explain")
@@ -364,7 +364,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .audit import read_broker, write_export
+    from stream.audit.tools import read_broker, write_export
 
     settings = _settings()
     topics = list(dict.fromkeys(args.topics))
@@ -376,8 +376,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .audit import account_history, plot_report
-    from .topics import CALLS, REQUIREMENTS
+    from stream.audit.tools import account_history, plot_report
+    from stream.core.topics import CALLS, REQUIREMENTS
 
     topics = _audit_topics([REQUIREMENTS, CALLS], args.dir, "report")
     if topics is None:

@@ -3,17 +3,17 @@
 Co-partitioned, one writer per log partition (the Kafka Streams rule). Fills and collateral
 movements are keyed by ``account_id`` and placed by Kafka's default partitioner, so input
 partition ``p`` of the account topics holds exactly the accounts of log partition ``p``
-(:mod:`stream.partitioner`; an account event elsewhere is dead-lettered as ``misrouted``).
+(:mod:`stream.log.partitioner`; an account event elsewhere is dead-lettered as ``misrouted``).
 The task of log partition ``p`` runs in the worker whose engine owns ``p`` (it follows
 faust's assignment of the log, see :meth:`Router.assign`) and reads input partition ``p`` of
 the account topics and every partition of the topics that concern all accounts (listings,
 flashes, settlements, ticks). It forwards them to log partition ``p`` in one merge by
-broker timestamp (:mod:`stream.merge`: right also into a backlog, while producers publish,
+broker timestamp (:mod:`stream.log.merge`: right also into a backlog, while producers publish,
 or with a partition idle). So the order of each log partition is one task's merge, whatever
 the number of workers, and every record it writes is handed to this worker's own engine.
 
 The log is the router's commit: each log record carries, per input partition, the next
-offset to forward once it is in the log (:func:`stream.ordered_log.record_positions`). A
+offset to forward once it is in the log (:func:`stream.log.ordered_log.record_positions`). A
 task starting -- first start, crash, rebalance -- resumes where the last record of its log
 partition says; nothing is committed to a consumer group. Dead letters of a batch are
 acknowledged before the log record that moves past them is sent. A task drops (and its
@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .kafka import client_kwargs, topic_partitions
-from .merge import End, Fetched, TaskInputs, release
-from .ordered_log import RECORD_HEAD, Parsed, _route, encode_record, record_positions
-from .lifecycle import confirm, guarded, undelivered_log_record
-from .settings import Settings
-from .topics import ACCOUNT_TOPICS, BROADCAST_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
+from stream.kafka.clients import client_kwargs, topic_partitions
+from stream.log.merge import End, Fetched, TaskInputs, release
+from stream.log.ordered_log import RECORD_HEAD, Parsed, _route, encode_record, record_positions
+from stream.worker.lifecycle import confirm, guarded, undelivered_log_record
+from stream.settings import Settings
+from stream.core.topics import ACCOUNT_TOPICS, BROADCAST_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
 
 log = logging.getLogger("kpimargin")
 
@@ -298,7 +298,7 @@ class Router:
 
     async def retire(self) -> None:
         """Batches in order, once the broker acknowledged them: hand each log record to this
-        worker's engine (:meth:`stream.processor.Engine.handoff`: applied at once when the
+        worker's engine (:meth:`stream.worker.processor.Engine.handoff`: applied at once when the
         engine is at its offset, instead of after fetching it back from the log)."""
         while True:
             batch: InFlight = await self.in_flight.get()

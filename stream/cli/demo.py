@@ -19,12 +19,12 @@ from typing import Any
 
 import orjson
 
-from .kafka import ensure_topics, publish, read_topic
-from .ordered_log import entry_source, record_entries
-from .settings import Settings
-from .topics import ACCOUNT_TOPICS, CALLS, LOG, REQUIREMENTS, SETTLEMENTS
+from stream.kafka.clients import ensure_topics, publish, read_topic
+from stream.log.ordered_log import entry_source, record_entries
+from stream.settings import Settings
+from stream.core.topics import ACCOUNT_TOPICS, CALLS, LOG, REQUIREMENTS, SETTLEMENTS
 
-SCENARIO = Path(__file__).resolve().parent / "examples" / "demo_scenario.json"
+SCENARIO = Path(__file__).resolve().parents[1] / "examples" / "demo_scenario.json"
 
 
 def load_scenario(path: Path = SCENARIO) -> list[dict]:
@@ -122,7 +122,7 @@ def format_call(call: dict) -> str:
 
 
 async def _demo(settings: Settings, quiet: bool) -> dict[str, Any]:
-    from .cli_stream import start_worker_process, stop_process
+    from stream.cli.stream_commands import start_worker_process, stop_process
 
     phases = load_scenario()
     accounts = scenario_accounts(phases)
@@ -163,7 +163,7 @@ async def _demo(settings: Settings, quiet: bool) -> dict[str, Any]:
 
 
 def run_demo(quiet: bool = False) -> int:
-    from .broker import EmbeddedBroker
+    from stream.kafka.tansu import EmbeddedBroker
 
     env = dict(os.environ)
     env.setdefault("KPIMARGIN_SESSION_TIMEOUT_S", "6")

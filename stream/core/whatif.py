@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .engine import ContractState, EngineConfig, EngineState, account_risk, apply
-from .errors import Rejected
-from .positions import Book
-from .money import cents_to_decimal, cents_up, money_str
-from .records import Cause, parse
-from .timeutil import parse_time_us
-from .topics import FILLS, FLASH, LISTINGS, TICKS
+from stream.core.engine import ContractState, EngineConfig, EngineState, account_risk, apply
+from stream.core.errors import Rejected
+from stream.core.positions import Book
+from stream.core.money import cents_to_decimal, cents_up, money_str
+from stream.core.records import Cause, parse
+from stream.core.timeutil import parse_time_us
+from stream.core.topics import FILLS, FLASH, LISTINGS, TICKS
 
 
 class WhatIfInputError(Exception):
@@ -37,7 +37,7 @@ class Market:
     vectors are estimated here, so each what-if request on it costs only its own fills.
 
     A request runs on a scratch :class:`EngineState` that shares the (read-only) contract
-    estimates and starts with empty books, through the same :func:`stream.engine.apply`."""
+    estimates and starts with empty books, through the same :func:`stream.core.engine.apply`."""
 
     def __init__(
         self,

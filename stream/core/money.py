@@ -10,7 +10,7 @@ import math
 import re
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from .errors import SchemaViolation
+from stream.core.errors import SchemaViolation
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")

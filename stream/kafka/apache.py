@@ -1,6 +1,6 @@
 """Real Apache Kafka on this machine, without Docker: a KRaft cluster of 1 or more nodes on
 127.0.0.1, each node broker and controller in one JVM, run from Kafka's own jars (fetched
-once from Maven Central with Maven, then cached: see ``stream.kafka_dist``).
+once from Maven Central with Maven, then cached: see ``stream.kafka.dist``).
 
     with KafkaCluster(nodes=3) as kafka:
         kafka.bootstrap            # "127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3"
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import kafka_dist
+from stream.kafka import dist as kafka_dist
 
 KAFKA_VERSION = "4.4.0"
 # The SLF4J binding Kafka's jars do not bring, per major version (Kafka 4.x: log4j2 behind

@@ -22,7 +22,7 @@ WIDE = Context(prec=60, traps=[InvalidOperation, Overflow])  # for the one divis
 
 import numpy as np
 
-from .money import quantize_cents
+from stream.core.money import quantize_cents
 
 
 class Position:

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Hashable
 
-from .topics import INPUT_TOPICS
+from stream.core.topics import INPUT_TOPICS
 
 TOPIC_RANK = {topic: i for i, topic in enumerate(INPUT_TOPICS)}
 

@@ -1,7 +1,7 @@
 """Input messages (SPEC §4) parsed into typed, validated events, and the output records.
 
 ``decode`` turns bytes into a JSON object; ``parse(kind, obj)`` validates every field and
-returns a frozen event or raises a :class:`~stream.errors.Rejected` naming the field.
+returns a frozen event or raises a :class:`~stream.core.errors.Rejected` naming the field.
 Parsing is pure and stateless; checks that need state (unknown contract, price outside
 the range, duplicates) are the engine's.
 """
@@ -17,11 +17,11 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from .errors import InvalidListing, OutOfRange, Rejected, SchemaViolation, Undecodable
-from .model import Params
-from .money import CENT, to_decimal
-from .timeutil import parse_time_us
-from .topics import COLLATERAL, FILLS, FLASH, LISTINGS, SETTLEMENTS, TICKS
+from stream.core.errors import InvalidListing, OutOfRange, Rejected, SchemaViolation, Undecodable
+from stream.core.model import Params
+from stream.core.money import CENT, to_decimal
+from stream.core.timeutil import parse_time_us
+from stream.core.topics import COLLATERAL, FILLS, FLASH, LISTINGS, SETTLEMENTS, TICKS
 
 MAX_ID_CHARS = 200
 MAX_HISTORY = 10_000

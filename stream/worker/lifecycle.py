@@ -44,7 +44,7 @@ def undelivered_log_record(future) -> None:
 async def confirm(futures: list, what: str) -> None:
     """Wait until the broker acknowledged every send; raise if one was not delivered.
 
-    The futures are few -- one per producer batch (:mod:`stream.outbox`) or per log
+    The futures are few -- one per producer batch (:mod:`stream.worker.outbox`) or per log
     record -- so waiting on them directly costs nothing worth saving."""
     pending = [f for f in futures if not f.done()]
     if pending:

@@ -2,7 +2,7 @@
 one KRaft node runs with (server.properties, the logging configuration); small helpers on
 ports and logs.
 
-Knows nothing of which Kafka version is pinned: ``stream.kafka_broker`` passes that in.
+Knows nothing of which Kafka version is pinned: ``stream.kafka.apache`` passes that in.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-from .errors import SchemaViolation
+from stream.core.errors import SchemaViolation
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -13,9 +13,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from .ordered_log import log_partition  # noqa: F401  (re-exported for callers)
-from .settings import Settings
-from .topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS, REQUIREMENTS, TICKS
+from stream.settings import Settings
+from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS, REQUIREMENTS, TICKS
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -64,7 +63,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     configs = {"min.insync.replicas": "2"} if settings.replication_factor >= 3 else {}
     topics = {**{name: (settings.partitions, {}) for name in all_topics(settings)}, **faust_topics(settings),
               # the log is the audit trail, and what a partition whose changelog fails its digest is rebuilt from
-              # (stream.rebuild): kept for good, not for the broker's default week
+              # (stream.worker.rebuild): kept for good, not for the broker's default week
               settings.topic(LOG): (settings.partitions, {"retention.ms": "-1", "retention.bytes": "-1"})}
     while True:
         admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=10_000)

@@ -2,7 +2,7 @@
 
 One worker process runs two stages:
 
-**The router** (:mod:`stream.router`) writes the ordered log ``margin.log``: one task per
+**The router** (:mod:`stream.worker.router`) writes the ordered log ``margin.log``: one task per
 log partition this worker's engine owns, reading input partition ``p`` of the account
 topics and every partition of the others, merged in broker-timestamp order, so each log
 partition is one total order of the events that concern its accounts, with one writer.
@@ -10,14 +10,14 @@ What is invalid on its own (undecodable, oversized, schema-invalid, misrouted) g
 ``margin.deadletter``. The log is its commit: each record says where the task stands.
 
 **The engine agent** (``apply_log``, a faust agent) reads ``margin.log`` and, per
-partition, applies each record with :func:`stream.ordered_log.apply_record` -- the same
+partition, applies each record with :func:`stream.log.ordered_log.apply_record` -- the same
 core the what-if and audit tools call -- and publishes the requirement, call and
 dead-letter records it returns. A record this worker's router wrote is *handed off*
 (:meth:`Engine.handoff`): once the broker acknowledged it, and if the engine owns its
 partition and is at exactly its offset, it is applied at once from the router's parsed
-inputs (:func:`stream.ordered_log.apply_parsed`, the same outputs) -- no wait for a fetch
+inputs (:func:`stream.log.ordered_log.apply_parsed`, the same outputs) -- no wait for a fetch
 of the log, no second parse; when faust delivers it later it is only acked. Outputs and
-state rows go to the broker as producer batches (:mod:`stream.outbox`). Its state lives in a faust table (``state``) whose
+state rows go to the broker as producer batches (:mod:`stream.worker.outbox`). Its state lives in a faust table (``state``) whose
 changelog is co-partitioned with the log: one row per contract, the clock, each account and
 each id it remembers for deduplication, plus a ``meta`` row naming the last log offset
 whose effects are all durable.
@@ -29,7 +29,7 @@ the persister (:meth:`Engine.persist`), which, in order and without holding up t
 
 1. waits until every output of the batch is acknowledged by the broker;
 2. writes the changed rows to the changelog, each versioned with the batch's last log
-   offset and carrying its previous value (:mod:`stream.durable`), and waits for them;
+   offset and carrying its previous value (:mod:`stream.worker.durable`), and waits for them;
 3. writes the ``meta`` row (the batch's last log offset) and waits for it;
 4. acks the batch's log records, so faust may commit their offsets (the records handed
    off before faust delivered them are acked when delivered, once durable).
@@ -60,16 +60,16 @@ import faust
 import orjson
 from faust.streams import _current_event  # the task-local "current event" tables write under
 
-from . import durable
-from .engine import EngineState, row_order
-from .kafka import ssl_context
-from .lifecycle import confirm, guarded
-from .ordered_log import Parsed, apply_parsed, apply_record_entries
-from .outbox import Outbox
-from .rebuild import RebuildError, rebuild_from_log
-from .router import Router
-from .settings import Settings
-from .topics import LOG, OUTPUT_TOPICS
+from stream.worker import durable
+from stream.core.engine import EngineState, row_order
+from stream.kafka.clients import ssl_context
+from stream.worker.lifecycle import confirm, guarded
+from stream.log.ordered_log import Parsed, apply_parsed, apply_record_entries
+from stream.worker.outbox import Outbox
+from stream.worker.rebuild import RebuildError, rebuild_from_log
+from stream.worker.router import Router
+from stream.settings import Settings
+from stream.core.topics import LOG, OUTPUT_TOPICS
 
 log = logging.getLogger("kpimargin")
 
@@ -120,7 +120,7 @@ def faust_config(settings: Settings) -> dict:
         web_metrics_enabled=False,
         stream_wait_empty=False,
         stream_buffer_maxsize=settings.stream_buffer_records,  # faust's default, 4,096, holds GBs of batched records
-        # every topic, faust's own included, is created by stream.kafka.ensure_topics before
+        # every topic, faust's own included, is created by stream.kafka.clients.ensure_topics before
         # the app starts: faust's declaration sends its CreateTopics to the first broker its
         # metadata lists, and a worker starting while that broker is down would crash
         topic_allow_declare=False,
@@ -265,7 +265,7 @@ class Engine:
     # ---------------------------------------------------------------- partitions
     def partition_rows(self, p: int) -> tuple[dict | None, dict[str, bytes], list[str]]:
         """Partition ``p`` as of its durable ``meta`` row: that row (None: none yet), the
-        rows (:func:`stream.durable.load`: a row written by a batch whose meta never landed
+        rows (:func:`stream.worker.durable.load`: a row written by a batch whose meta never landed
         counts as its previous value) as JSON bytes, and the keys to write again at the
         next batch."""
         prefix = f"{p}|".encode()
@@ -283,7 +283,7 @@ class Engine:
         deleted are written again by the first batch, so the store converges.
 
         Rows whose digest is not the one ``meta`` carries are no writer's state (a zombie's
-        late writes, :mod:`stream.durable`): the state is rebuilt from the log instead, and
+        late writes, :mod:`stream.worker.durable`): the state is rebuilt from the log instead, and
         the first batch writes every row again."""
         self.maybe_die("in_recovery")
         meta, live, rewrite = self.partition_rows(p)
@@ -476,7 +476,7 @@ class Engine:
         A round: confirm the outputs; then, holding :attr:`lock` (a revocation waits for
         it, so no row of a revoked partition is written after the revocation), write each
         partition's changed rows versioned with the round's last log offset
-        (:mod:`stream.durable`) -- with the tombstones of rows the previous round deleted --
+        (:mod:`stream.worker.durable`) -- with the tombstones of rows the previous round deleted --
         confirm them, write the ``meta`` rows, confirm them, and ack the round's log
         records: two waits for the broker a round."""
         await self.ensure_outboxes()

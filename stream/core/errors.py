@@ -78,6 +78,6 @@ class OutOfOrder(Rejected):
 class Misrouted(Rejected):
     """An account event on a partition other than the one Kafka's default partitioner gives
     its ``account_id`` key: its account's state lives in another log partition, whose router
-    does not read this input partition (see :mod:`stream.partitioner`)."""
+    does not read this input partition (see :mod:`stream.log.partitioner`)."""
 
     reason = "misrouted"

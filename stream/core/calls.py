@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .money import money_str
-from .records import Cause, record_id
+from stream.core.money import money_str
+from stream.core.records import Cause, record_id
 
 
 @dataclass

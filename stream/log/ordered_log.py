@@ -30,11 +30,11 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from .engine import EngineState, Output, apply, take_in
-from .errors import Misrouted, Rejected, SchemaViolation, Undecodable
-from .partitioner import default_partition
-from .records import Cause, Event, deadletter_record, decode, parse
-from .topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
+from stream.core.engine import EngineState, Output, apply, take_in
+from stream.core.errors import Misrouted, Rejected, SchemaViolation, Undecodable
+from stream.log.partitioner import default_partition
+from stream.core.records import Cause, Event, deadletter_record, decode, parse
+from stream.core.topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
 
 log = logging.getLogger("kpimargin")
 
@@ -70,7 +70,7 @@ def record_positions(raw: bytes | None) -> dict[tuple[str, int], int] | None:
 
 def log_partition(account_id: str, partitions: int) -> int:
     """The log partition of an account: the partition Kafka's default partitioner gives its
-    ``account_id`` key (:mod:`stream.partitioner`), so that input partition ``p`` of the
+    ``account_id`` key (:mod:`stream.log.partitioner`), so that input partition ``p`` of the
     account topics feeds log partition ``p`` alone."""
     return default_partition(account_id.encode(), partitions)
 
@@ -291,7 +291,7 @@ def apply_parsed(state: EngineState, log_partition: int, parsed: Parsed) -> list
     """Apply one entry whose input is already parsed (the worker's router parsed it): the
     outputs :func:`apply_entry` gives for the entry the router wrote for ``parsed``. A
     copy of an input this log partition has taken in before (re-forwarded by a router
-    after a crash) is skipped whole (:func:`stream.engine.take_in`)."""
+    after a crash) is skipped whole (:func:`stream.core.engine.take_in`)."""
     if not take_in(state, parsed.topic, parsed.partition, parsed.offset):
         return []
     try:

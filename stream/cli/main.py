@@ -29,7 +29,7 @@ def _load_json(path: str) -> Any:
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
-    from .whatif import WhatIfInputError, whatif
+    from stream.core.whatif import WhatIfInputError, whatif
 
     try:
         listings = [(p, _load_json(p)) for p in args.contract]
@@ -59,12 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a flash message or a JSON list of them (repeatable)")
     p.set_defaults(func=cmd_whatif)
 
-    from .backtest.cli import add_commands as add_backtest_commands
+    from stream.backtest.cli import add_commands as add_backtest_commands
 
     add_backtest_commands(sub)
 
     try:
-        from . import cli_stream
+        from stream.cli import stream_commands as cli_stream
     except ImportError:  # pragma: no cover - streaming extras missing
         cli_stream = None
     if cli_stream is not None:

@@ -1,0 +1,1 @@
+"""Audit tools: export topics, replay the log, explain a number, report."""

@@ -1,0 +1,1 @@
+"""Kafka clients (connection settings, topics, reading and publishing) and the brokers the project runs."""

@@ -1,0 +1,1 @@
+"""The faust worker process: router, engine agent, persister, outbox, lifecycle."""
