@@ -73,6 +73,7 @@ SIDE_BY_SIDE = ("<!-- python -m bench, both brokers: begin -->", "<!-- python -m
 def fanout(accounts: int) -> dict:
     """One tick over ``accounts`` x 10 positions: the re-margin alone, and the whole apply."""
     from stream.core import engine
+    from stream.core import state as core_state
     from stream.core.records import Cause, parse
     from stream.core.topics import TICKS
 
@@ -86,8 +87,8 @@ def fanout(accounts: int) -> dict:
         gc.collect()
         t0 = time.perf_counter()
         for contract in contracts:
-            engine._set_time(state, contract)
-            engine._refresh_book(state, contract)
+            core_state.set_time(state, contract)
+            core_state.refresh_book(state, contract)
         totals = np.zeros(len(state.accounts))
         for contract in contracts:
             book = contract.book

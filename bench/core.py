@@ -6,11 +6,11 @@ a. per-fill re-margin: ``engine.apply(state, fill, cause)`` on an EngineState wi
    contracts and one account holding one position in each; every fill is new (distinct
    trade_id, increasing cause offset), so each one re-margins the account and builds its
    requirement (and call) records. Also shown: parse + apply, a flash through apply, and
-   ``engine.account_risk`` with the per-position risk caches warm and dropped.
+   ``requirements.account_risk`` with the per-position risk caches warm and dropped.
 b. the bare O(1) position IM ``model.position_risk(q, a, rv, tau, conv_f)``.
 c. contract re-estimation ``model.risk_vector(...)`` for a flash (new anchor), es_method
    "mc" (steady state: sorted draws cached) and "analytic", and "mc" cold (after
-   ``model.sorted_standard_t.cache_clear()``: draw and sort M Student-t variates).
+   ``distribution.sorted_standard_t.cache_clear()``: draw and sort M Student-t variates).
 d. the naive per-fill Monte Carlo re-margin: ``model.direct_es`` for each of the account's
    10 positions (sample M = 12,000 outcomes, sort the losses, mean of the worst m), plus a
    kinder variant drawing once per fill and sharing the draws across the 10 positions.
@@ -42,8 +42,8 @@ from typing import Callable
 import numpy as np
 
 import stream
-from stream.core import engine
-from stream.core import model
+from stream.core import distribution, engine, model, requirements
+from stream.core import state as core_state
 from stream.core.records import Cause, parse
 from stream.core.topics import FILLS, FLASH, LISTINGS, TICKS
 
@@ -203,7 +203,7 @@ class Fixture:
     """An EngineState with 10 contracts, a clock tick and one account with 10 positions."""
 
     def __init__(self) -> None:
-        self.state = engine.EngineState()
+        self.state = core_state.EngineState()
         self.raws = listing_raws()
         self.offsets = {LISTINGS: 0, TICKS: 0, FILLS: 0, FLASH: 0}
         for raw in self.raws:
@@ -248,7 +248,7 @@ class Fixture:
             raws.append(self.fill_raw(lr, side, 1_000 + (j % 5) * 100, price))
         return raws
 
-    def positions(self) -> list[tuple[engine.ContractState, float, float]]:
+    def positions(self) -> list[tuple[core_state.ContractState, float, float]]:
         out = []
         for cid, pos in self.account.positions.items():
             out.append((self.state.contracts[cid], pos.q_float, pos.a_float))
@@ -307,20 +307,20 @@ def bench_flash_apply(fx: Fixture, n: int, warmup: int) -> list[float]:
 
 
 def bench_account_risk(fx: Fixture, batches: int, per_batch: int) -> list[float]:
-    """``engine.account_risk`` with every position's cached components valid (as for the
+    """``requirements.account_risk`` with every position's cached components valid (as for the
     9 positions a fill does not touch): sum 10 IMs, copy 10 dicts for the record."""
     state, account = fx.state, fx.account
-    fn = engine.account_risk
+    fn = requirements.account_risk
     gc.collect()
     return time_batches(lambda: fn(state, account), batches, per_batch)
 
 
 def bench_account_risk_cold(fx: Fixture, n: int, warmup: int) -> list[float]:
-    """``engine.account_risk`` with all 10 cached components dropped first (untimed): 10
+    """``requirements.account_risk`` with all 10 cached components dropped first (untimed): 10
     O(1) position IMs and dicts -- what every fill cost before the per-position cache."""
     state, account = fx.state, fx.account
     positions = list(account.positions.values())
-    fn = engine.account_risk
+    fn = requirements.account_risk
     clock = time.perf_counter
     out = []
     gc.collect()
@@ -343,7 +343,7 @@ def bench_position_risk(fx: Fixture, batches: int, per_batch: int) -> list[float
     return time_batches(lambda: fn(q, a, rv, tau, conv_f), batches, per_batch)
 
 
-def _web_contract(fx: Fixture) -> engine.ContractState:
+def _web_contract(fx: Fixture) -> core_state.ContractState:
     return fx.state.contracts[fx.raws[0]["contract_id"]]
 
 
@@ -356,7 +356,7 @@ def bench_risk_vector(fx: Fixture, es_method: str, n: int, warmup: int, cold: bo
 
     def one(i: int) -> None:
         if cold:
-            model.sorted_standard_t.cache_clear()
+            distribution.sorted_standard_t.cache_clear()
         model.risk_vector(lst.lower, lst.upper, lst.history, params, values[i], 0.5, est=est)
 
     gc.collect()
@@ -492,7 +492,7 @@ def mc_error(seeds: int) -> dict:
                 "seeds": seeds,
             }
         rows.append(row)
-    model.sorted_standard_t.cache_clear()
+    distribution.sorted_standard_t.cache_clear()
     return {
         "contract": ev.contract_id,
         "position": "BUY/SELL 50000 at 124, no flash, tau 1",
@@ -548,8 +548,8 @@ def run(quick: bool) -> dict:
 LABELS = {
     "a_fill_apply": "(a) per-fill re-margin: engine.apply(fill), 10 positions, records built",
     "a_fill_parse_apply": "(a') parse(fill) + engine.apply(fill)",
-    "a_account_risk": "(a'') engine.account_risk, 10 cached positions (batch means)",
-    "a_account_risk_cold": "(a''') engine.account_risk, caches dropped: 10 position IMs + dicts",
+    "a_account_risk": "(a'') requirements.account_risk, 10 cached positions (batch means)",
+    "a_account_risk_cold": "(a''') requirements.account_risk, caches dropped: 10 position IMs + dicts",
     "b_position_risk": "(b) model.position_risk (O(1) position IM; batch means)",
     "c_risk_vector_mc": "(c) risk_vector flash, es_method=mc, draws cached",
     "c_risk_vector_analytic": "(c) risk_vector flash, es_method=analytic",

@@ -3,7 +3,7 @@ write per event, nothing else.
 
     BENCH_TOPIC=... BENCH_N=... BENCH_OUT=file.json python -m bench.faust_floor
 
-Uses the processor's own faust options (:func:`stream.worker.processor.faust_config`: memory
+Uses the processor's own faust options (:func:`stream.worker.app.faust_config`: memory
 store, raw serializers, the same commit and session settings) from the ``KPIMARGIN_*``
 environment. The agent counts events; at the ``BENCH_N``-th it writes the wall-clock
 times of its first and last event to ``BENCH_OUT`` and keeps idling until stopped.
@@ -17,15 +17,16 @@ import time
 import faust
 import orjson
 
-from stream.worker.processor import _patch_fetch_wait, faust_config
 from stream.settings import Settings
+from stream.worker.app import faust_config
+from stream.worker.shim import patch_fetch_wait
 
 
 def main() -> None:
     settings = Settings.from_env()
     total = int(os.environ["BENCH_N"])
     out = os.environ["BENCH_OUT"]
-    _patch_fetch_wait(settings.fetch_max_wait_ms)
+    patch_fetch_wait(settings.fetch_max_wait_ms)
     # the processor creates its topics itself (topic_allow_declare=False); this bare agent
     # lets faust declare its table's changelog, as a plain faust app does
     app = faust.App(settings.app_id, autodiscover=False, **{**faust_config(settings), "topic_allow_declare": True})

@@ -2,7 +2,7 @@
 
     python -m bench.memory [--accounts 10000]
 
-Builds an :class:`stream.core.engine.EngineState` with 10 listed contracts and ``--accounts``
+Builds an :class:`stream.core.state.EngineState` with 10 listed contracts and ``--accounts``
 accounts holding one position in each (10 x accounts positions), through
 ``engine.apply`` of real parsed fills, and prints one JSON line: resident set size
 (``/proc/self/status`` VmRSS) before and after, and the growth per 100,000 positions.
@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from stream.core import engine
+from stream.core import state as core_state
 from stream.core.records import Cause, parse
 from stream.core.topics import FILLS, LISTINGS, TICKS
 
@@ -33,8 +34,8 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def build(accounts: int) -> tuple[engine.EngineState, int]:
-    state = engine.EngineState()
+def build(accounts: int) -> tuple[core_state.EngineState, int]:
+    state = core_state.EngineState()
     raws = listing_raws()
     offset = 0
 

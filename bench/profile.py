@@ -28,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream.cli.stream_commands import start_worker_process, stop_process
-from stream.kafka.clients import ensure_topics
 from stream.core.topics import FILLS
+from stream.harness.processes import start_worker_process, stop_process
+from stream.kafka.clients import ensure_topics
 
 from . import stack
 

@@ -30,9 +30,11 @@ from pathlib import Path
 import orjson
 
 import stream
-from stream.audit.tools import Record, as_records, log_entries, recompute, run_replay
-from stream.log.ordered_log import home_partition, replay, route_batch
+from stream.audit.export import Record
+from stream.audit.inputs import as_records, log_entries
+from stream.audit.replay import recompute, run_replay
 from stream.core.topics import CALLS, COLLATERAL, FILLS, FLASH, LISTINGS, LOG, REQUIREMENTS, TICKS
+from stream.log.ordered_log import home_partition, replay, route_batch
 
 EXAMPLES = Path(stream.__file__).resolve().parent / "examples"
 PARTITIONS = 4

@@ -26,12 +26,12 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream.kafka.tansu import EmbeddedBroker
-from stream.cli.stream_commands import start_worker_process, stop_process
-from stream.cli.demo import load_scenario, publish_phases
-from stream.kafka.clients import client_kwargs, ensure_topics, key_for
-from stream.settings import Settings
 from stream.core.topics import FILLS, LOG, TICKS
+from stream.harness.processes import start_worker_process, stop_process
+from stream.harness.scenario import load_scenario, publish_phases
+from stream.kafka.clients import client_kwargs, ensure_topics, key_for
+from stream.kafka.tansu import EmbeddedBroker
+from stream.settings import Settings
 
 
 def _day(day: int) -> str:

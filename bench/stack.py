@@ -30,10 +30,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.cli.stream_commands import start_worker_process, stop_process
+from stream.core.topics import FILLS, LISTINGS, REQUIREMENTS, TICKS
+from stream.harness.processes import start_worker_process, stop_process
 from stream.kafka.clients import client_kwargs, ensure_topics, key_for
 from stream.settings import Settings
-from stream.core.topics import FILLS, LISTINGS, REQUIREMENTS, TICKS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "stream" / "examples"
 FILL_DAY = "2026-04-03T12:00:00Z"
@@ -248,8 +248,9 @@ class Expected:
     account's order): which trade ids publish a requirement (IM or equity moved a cent)."""
 
     def __init__(self, settings: Settings):
-        from stream.core.engine import EngineState, apply
+        from stream.core.engine import apply
         from stream.core.records import Cause, parse
+        from stream.core.state import EngineState
 
         self._apply, self._parse, self._cause = apply, parse, Cause
         self.state = EngineState(config=settings.engine_config())
@@ -271,7 +272,7 @@ class Expected:
 async def _setup_processor(settings: Settings) -> None:
     """List the contracts and set the clock, waiting until the worker's ordered log holds
     them (a fill routed before its listing would be dead-lettered as unknown_contract)."""
-    from stream.cli.demo import publish_phases
+    from stream.harness.scenario import publish_phases
 
     await publish_phases(settings, [{"title": "listings", "topic": LISTINGS, "messages": _listings()},
                                     {"title": "tick", "topic": TICKS, "messages": [{"ts": FILL_DAY}]}], timeout_s=180)
@@ -359,9 +360,9 @@ async def stages(settings: Settings, reader: RequirementReader, sent: dict[str, 
     log record's acknowledgement the hand-off waits for, the apply, the outbox);
     ``delivery`` = requirement created -> at the outside reader (linger, produce, fetch).
     Each as p50/p99 ms over the fills of the latency run."""
+    from stream.core.topics import LOG
     from stream.kafka.clients import read_topic
     from stream.log.ordered_log import entry_source, record_entries
-    from stream.core.topics import LOG
 
     logged: dict[str, int] = {}
     async for _p, _o, ts, _k, raw in read_topic(settings, LOG, idle_timeout_s=1.0):

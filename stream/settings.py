@@ -130,7 +130,7 @@ class Settings:
 
     def engine_config(self):
         """The engine knobs these settings choose (workers and replay must agree on them)."""
-        from stream.core.engine import EngineConfig
+        from stream.core.state import EngineConfig
 
         horizon_us = self.dedup_horizon_s * 1_000_000 if self.dedup_horizon_s else None
         return EngineConfig(call_update_threshold=self.call_update_threshold, dedup_horizon_us=horizon_us)

@@ -9,8 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.core.engine import EngineState, apply
+from stream.core.engine import apply
 from stream.core.records import Cause, parse
+from stream.core.state import EngineState
 from stream.core.topics import COLLATERAL, FILLS, FLASH, LISTINGS, SETTLEMENTS, TICKS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "stream" / "examples"

@@ -21,15 +21,16 @@ from typing import Iterator
 
 import orjson
 
-from stream.worker import durable
-from stream.cli.stream_commands import start_worker_process, stop_process
-from stream.cli.demo import publish_phases, wait_until
-from stream.core.engine import EngineState, apply
+from stream.core.engine import apply
 from stream.core.records import Cause, parse
+from stream.core.state import EngineState
+from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
+from stream.harness.processes import start_worker_process, stop_process
+from stream.harness.scenario import publish_phases, wait_until
 from stream.kafka.clients import ensure_topics, read_topic
 from stream.log.ordered_log import entry_source, record_entries, record_positions, replay
 from stream.settings import Settings
-from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
+from stream.worker import durable
 
 
 def docker_available() -> bool:

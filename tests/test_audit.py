@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.audit.tools import read_export
-from stream.cli.demo import load_scenario
-from stream.kafka.clients import publish
+from stream.audit.export import read_export
 from stream.core.timeutil import parse_time_us
 from stream.core.topics import CALLS, COLLATERAL, FILLS, LOG, REQUIREMENTS
+from stream.harness.scenario import load_scenario
+from stream.kafka.clients import publish
 
 from .streaming_support import Cluster, fresh_settings, run_phases_and_settle
 from .test_streaming import all_final

@@ -6,21 +6,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.audit.tools import (
-    Filters,
-    Record,
-    as_records,
-    explain,
-    field_diffs,
-    format_explain,
-    log_entries,
-    route_offline,
-    run_replay,
-)
-from stream.cli.demo import load_scenario
-from stream.log.ordered_log import encode_entry, encode_record, expand, home_partition, replay, route_batch
+from stream.audit.explain import explain, format_explain
+from stream.audit.export import Record
+from stream.audit.inputs import as_records, log_entries, route_offline
+from stream.audit.replay import Filters, field_diffs, run_replay
 from stream.core.timeutil import parse_time_us
 from stream.core.topics import CALLS, COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, TICKS
+from stream.harness.scenario import load_scenario
+from stream.log.ordered_log import encode_entry, encode_record, expand, home_partition, replay, route_batch
 
 from .conftest import TSLA, load_example
 

@@ -14,14 +14,15 @@ import orjson
 import pytest
 from scipy import stats as sps
 
-from stream.core import model
-from stream.audit.tools import Record, as_records, route_offline, write_export
+from stream.audit.export import Record, write_export
+from stream.audit.inputs import as_records, route_offline
 from stream.backtest import forecast, stats
 from stream.backtest.generate import GENERATORS, generate, write_panel
 from stream.backtest.panel import read_panel
 from stream.cli.main import main
+from stream.core import distribution, model
+from stream.core.topics import COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, SETTLEMENTS, TICKS
 from stream.log.ordered_log import replay
-from stream.core.topics import FILLS, LISTINGS, LOG, REQUIREMENTS, SETTLEMENTS, TICKS, COLLATERAL
 
 from .conftest import EXAMPLES, load_example
 
@@ -140,21 +141,21 @@ def _params(**kw) -> model.Params:
 def test_outcome_quantiles_and_cdf_against_scipy():
     params = _params()
     anchor, loc, ts, lo, hi = 1000.0, 0.01, 0.08, 600.0, 1400.0
-    q_low, q_high = model.outcome_quantiles(anchor, loc, ts, lo, hi, params)
+    q_low, q_high = distribution.outcome_quantiles(anchor, loc, ts, lo, hi, params)
     assert q_low == pytest.approx(anchor * (1 + loc + ts * sps.t.ppf(0.01, 5)), rel=1e-14)
     assert q_high == pytest.approx(anchor * (1 + loc + ts * sps.t.ppf(0.99, 5)), rel=1e-14)
     draws = np.sort(np.random.default_rng(42).standard_t(5, 12000))
     outcomes = np.clip(anchor * (1 + loc + ts * draws), lo, hi)
-    assert model.mc_outcome_quantiles(anchor, loc, ts, lo, hi, params) == (outcomes[119], outcomes[-120])
+    assert distribution.mc_outcome_quantiles(anchor, loc, ts, lo, hi, params) == (outcomes[119], outcomes[-120])
     # clamped: point masses at the bounds are the CDF's jumps
     wide = 0.5
     f = lambda x: sps.t.cdf((x / anchor - 1 - loc) / wide, 5)  # noqa: E731
     xs = np.array([lo, 900.0, hi, 500.0, 1500.0])
-    left, right = model.outcome_cdf(xs, anchor, loc, wide, lo, hi, 5.0)
+    left, right = distribution.outcome_cdf(xs, anchor, loc, wide, lo, hi, 5.0)
     assert np.allclose(right, [f(lo), f(900.0), 1.0, 0.0, 1.0])
     assert np.allclose(left, [0.0, f(900.0), f(hi), 0.0, 1.0])
     # no spread: all the mass at clamp(anchor * (1 + loc))
-    left, right = model.outcome_cdf(np.array([1009.0, 1010.0, 1011.0]), anchor, loc, 0.0, lo, hi, 5.0)
+    left, right = distribution.outcome_cdf(np.array([1009.0, 1010.0, 1011.0]), anchor, loc, 0.0, lo, hi, 5.0)
     assert left.tolist() == [0.0, 0.0, 1.0] and right.tolist() == [0.0, 1.0, 1.0]
 
 

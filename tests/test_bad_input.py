@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.core.engine import EngineState
-from stream.log.ordered_log import apply_record, home_partition, route_batch
+from stream.core.state import EngineState
 from stream.core.topics import COLLATERAL, DEADLETTER, FILLS, FLASH, INPUT_TOPICS, LISTINGS, SETTLEMENTS, TICKS
+from stream.log.ordered_log import apply_record, home_partition, route_batch
 
 from .conftest import TSLA, load_example
 

@@ -1,11 +1,14 @@
-"""Versioned state rows (stream/durable.py): a batch whose rows landed only in part is
-rolled back to the last complete batch, and re-applying the log then reproduces the clean
-run exactly -- the property the worker's crash recovery rests on. The worker's persister
-and loader call the same functions (``durable.stage``, ``durable.load``,
-``durable.deleted``) as the simulated ones here."""
+"""Versioned state rows (stream/worker/durable.py) and the persister that writes them
+(stream/worker/persister.py): a round whose rows landed only in part is rolled back to the
+last complete round, and re-applying the log then reproduces the clean run exactly -- the
+property the worker's crash recovery rests on. The persister tested here is the worker's
+own :class:`~stream.worker.persister.Persister`, given an in-memory changelog that "dies"
+after a chosen number of rows (what the broker holds when the worker is SIGKILLed), and
+the partition is read back with the worker's own :func:`~stream.worker.persister.read_partition`."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 
@@ -14,10 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.worker import durable
-from stream.core.engine import EngineConfig, EngineState, row_order
-from stream.log.ordered_log import apply_record, encode_entry, encode_record
+from stream.core.state import EngineConfig, EngineState, row_order
 from stream.core.topics import COLLATERAL, FILLS, LISTINGS, SETTLEMENTS, TICKS
+from stream.log.ordered_log import apply_record, encode_entry, encode_record
+from stream.worker import durable
+from stream.worker.faults import Faults
+from stream.worker.persister import Boundary, PartitionBatch, Persister, changed_rows, read_partition, row_key
+from stream.worker.stats import Stats
 
 from .conftest import TSLA, comparable_rows
 
@@ -62,44 +68,102 @@ def _batches() -> list[list[bytes]]:
     return [first, second]
 
 
-def _persist(store: dict, state: EngineState, offset: int, durable_offset: int, keep) -> None:
-    """What the persister writes for a batch ending at log ``offset``; ``keep`` chooses
-    which of the changed rows land (a crash in between loses the others)."""
-    keys = sorted(state.touched, key=row_order)
-    rows = [(key, orjson.dumps(state.row(key))) for key in keys if keep(key, keys)]
-    store.update(durable.stage(rows, store.get, offset, durable_offset))
-    state.touched.clear()
+class Died(Exception):
+    """The worker died: the changelog accepts nothing more."""
 
 
-def _load(store: dict, meta: int, config: EngineConfig | None = None) -> EngineState:
-    live, rewrite = durable.load(store.items(), meta)
-    state = EngineState.from_rows(((k, orjson.loads(v)) for k, v in live.items()), config)
-    state.touched.update(rewrite)
-    return state
+class MemoryChangelog:
+    """The state table's changelog as the broker holds it. It accepts ``budget`` rows
+    (None: any number), then the worker dies; a tombstone (None) deletes the key."""
+
+    def __init__(self, budget: int | None = None):
+        self.rows: dict[bytes, bytes] = {}
+        self.budget = budget
+
+    async def send(self, p: int, rows: list) -> list:
+        for key, value in rows:
+            if self.budget is not None:
+                if self.budget == 0:
+                    raise Died
+                self.budget -= 1
+            if value is None:
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = value
+        return []  # acknowledged at once: confirm has nothing to wait for
+
+    def partition(self, p: int):
+        prefix = row_key(p, "")
+        return [(k[len(prefix):].decode(), v) for k, v in self.rows.items() if k.startswith(prefix)]
 
 
-@pytest.mark.parametrize("landed", ["none", "clock and contracts", "accounts", "every other row", "all but meta"])
-def test_a_partly_written_batch_is_rolled_back_and_replayed_exactly(landed):
+class MemoryStore:
+    """The table's local store, recovered from the changelog (as faust does on assignment)."""
+
+    def __init__(self, rows: dict):
+        self.rows = dict(rows)
+
+    def get(self, key):
+        return self.rows.get(key)
+
+    def put(self, p, rows):
+        self.rows.update(rows)
+
+    def delete(self, p, keys):
+        for key in keys:
+            self.rows.pop(key, None)
+
+
+class Event:
+    def __init__(self):
+        self.acked = False
+
+    def ack(self):
+        self.acked = True
+
+
+def _recover(changelog: MemoryChangelog, config: EngineConfig | None = None) -> tuple[EngineState, Persister, int]:
+    """A worker starting on partition 0: its store recovered from the changelog, the
+    partition read as of its meta (trusted: one writer), a persister resumed there; and
+    the next log offset to apply."""
+    loaded = read_partition(0, changelog.partition(0))
+    assert loaded.trusted
+    persister = Persister(MemoryStore(changelog.rows), changelog, lambda p, epoch: True, Faults(""), Stats(), 8)
+    persister.resumed(0, loaded.offset, loaded.digest)
+    return loaded.state(config), persister, loaded.offset + 1
+
+
+def _round(persister: Persister, state: EngineState, last_offset: int, events: list) -> None:
+    """One persister round of one batch of partition 0 ending at log ``last_offset``."""
+    asyncio.run(persister.round([Boundary([], [PartitionBatch(0, 0, changed_rows(0, state), last_offset, events)])]))
+
+
+@pytest.mark.parametrize("landed", ["none", "one row", "half the rows", "all but one row", "all rows, no meta"])
+def test_a_partly_written_round_is_rolled_back_and_replayed_exactly(landed):
     batches = _batches()
     clean = EngineState()
     clean_outputs = [o.value for offset, records in enumerate(batches) for r in records
                      for o in apply_record(clean, 0, offset, r)]
 
-    store: dict[str, bytes] = {}
-    state = EngineState()
+    changelog = MemoryChangelog()
+    state, persister, _next = _recover(changelog)
     outputs = [o.value for r in batches[0] for o in apply_record(state, 0, 0, r)]
-    _persist(store, state, 0, -1, lambda key, keys: True)  # batch 0 complete: meta = 0
+    first = Event()
+    _round(persister, state, 0, [first])  # batch 0 complete: meta = 0, its log record acked
+    assert first.acked and read_partition(0, changelog.partition(0)).offset == 0
     outputs += [o.value for r in batches[1] for o in apply_record(state, 0, 1, r)]  # outputs published
-    choose = {
-        "none": lambda key, keys: False,
-        "clock and contracts": lambda key, keys: key == "clock" or key.startswith("contract:"),
-        "accounts": lambda key, keys: key.startswith("account:"),
-        "every other row": lambda key, keys: keys.index(key) % 2 == 0,
-        "all but meta": lambda key, keys: True,
-    }[landed]
-    _persist(store, state, 1, 0, choose)  # ... and the worker dies before batch 1's meta
+    rows = len(state.touched)
+    assert rows >= 6  # the clock, the contract, two accounts and their ids change
+    changelog.budget = {"none": 0, "one row": 1, "half the rows": rows // 2, "all but one row": rows - 1,
+                        "all rows, no meta": rows}[landed]
+    second = Event()
+    with pytest.raises(Died):  # ... the worker dies before batch 1's meta is durable
+        _round(persister, state, 1, [second])
+    assert not second.acked
 
-    recovered = _load(store, meta=0)  # exactly the state after batch 0
+    changelog.budget = None
+    recovered, _persister, resume_at = _recover(changelog)  # exactly the state after batch 0
+    assert resume_at == 1
     replayed = [o.value for r in batches[1] for o in apply_record(recovered, 0, 1, r)]
     assert outputs == clean_outputs  # what was published before the crash
     assert replayed == clean_outputs[len(clean_outputs) - len(replayed):]  # published again: same ids, same content
@@ -141,12 +205,13 @@ def _random_log(rnd: random.Random, n: int) -> list[bytes]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32))
-def test_crashes_anywhere_in_the_persister_always_recover_the_clean_run(seed):
-    """The worker's persistence protocol, simulated over a random log: batches of records,
-    rounds of one or more batches, and a crash at a random point of a random round --
-    before, among or after the rows, after the meta, among the tombstones -- then a reload
-    at the durable meta and re-application. Every record published has one content per id,
-    and the final stored state equals a clean run's."""
+def test_the_persister_crashed_anywhere_always_recovers_the_clean_run(seed):
+    """The worker's persister over a random log: batches of records, rounds of one or two
+    batches, and the worker killed at a random row of a random round -- among the
+    tombstones, among the rows, before or after the meta -- then a restart that recovers
+    the store from the changelog, reads the partition as of its meta and applies the log
+    again from there. Every record published has one content per id, the meta's digest
+    always matches the rows as read, and the final stored state equals a clean run's."""
     rnd = random.Random(seed)
     config = EngineConfig(dedup_horizon_us=HORIZON_US)
     log = _random_log(rnd, 60)
@@ -156,40 +221,30 @@ def test_crashes_anywhere_in_the_persister_always_recover_the_clean_run(seed):
         for out in apply_record(clean, 0, offset, record):
             published[out.value["id"]] = out.value
 
-    store: dict[str, bytes] = {}
-    meta, meta_digest = -1, 0
-    state = _load(store, meta, config)
-    pos = 0
+    changelog = MemoryChangelog()
+    state, persister, pos = _recover(changelog, config)
+    crashes = 0
     while pos < len(log):
-        round_rows: dict[str, bytes] = {}
+        batches = []
         for _batch in range(rnd.randint(1, 2)):  # boundaries merged into one round
             for _ in range(rnd.randint(1, 4)):
                 if pos < len(log):
                     for out in apply_record(state, 0, pos, log[pos]):
                         assert published[out.value["id"]] == out.value
                     pos += 1
-            round_rows.update((k, orjson.dumps(state.row(k))) for k in state.touched)
-            state.touched.clear()
-        version = pos - 1
-        staged, round_digest = durable.stage_with_digest(sorted(round_rows.items()), store.get, version, meta,
-                                                         meta_digest)
-        crash = rnd.choice(["none", "none", "rows", "meta", "tombstones"])
-        rnd.shuffle(staged)  # a crash can land any subset of a round's rows
-        landed = staged if crash != "rows" else staged[: rnd.randrange(len(staged) + 1)]
-        store.update(landed)
-        if crash != "rows":
-            meta, meta_digest = version, round_digest
-            if crash != "meta":
-                gone = durable.deleted(round_rows.items())
-                for key in gone if crash == "none" else gone[: rnd.randrange(len(gone) + 1)]:
-                    store.pop(key, None)
-        # the meta's digest is the loaded rows' digest, whatever subset of a round landed
-        assert durable.digest(durable.load(store.items(), meta)[0].items()) == meta_digest
-        if crash != "none":
-            state = _load(store, meta, config)
-            pos = meta + 1
-    final = _load(store, meta, config)
-    assert comparable_rows(final.rows()) == comparable_rows(clean.rows())
+            batches.append(Boundary([], [PartitionBatch(0, 0, changed_rows(0, state), pos - 1, [])]))
+        rows = sum(len(part.rows) for b in batches for part in b.parts)
+        changelog.budget = rnd.randrange(rows + 8) if rnd.random() < 0.4 else None  # rows, meta, tombstones
+        try:
+            asyncio.run(persister.round(batches))
+        except Died:
+            crashes += 1
+            changelog.budget = None
+            state, persister, pos = _recover(changelog, config)  # asserts the digest
+        changelog.budget = None
+    state, persister, pos = _recover(changelog, config)
+    assert pos == len(log)
+    assert comparable_rows(state.rows()) == comparable_rows(clean.rows())
 
 
 # --------------------------------------------------------------------------- a zombie

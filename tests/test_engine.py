@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.core import model
-from stream.core.engine import EngineState, account_risk, apply
-from stream.core.money import cents_to_decimal, cents_up
+from stream.core.engine import apply
 from stream.core.errors import Rejected
+from stream.core.money import cents_to_decimal, cents_up
 from stream.core.records import Cause, parse
+from stream.core.requirements import account_risk
+from stream.core.state import EngineState
 from stream.core.topics import CALLS, COLLATERAL, FILLS, FLASH, REQUIREMENTS, SETTLEMENTS, TICKS
 
 from .conftest import TSLA, Driver
@@ -63,7 +65,7 @@ def test_deposit_satisfies_and_withdrawal_reissues(driver):
 
 
 def test_update_threshold_is_configurable(tsla):
-    from stream.core.engine import EngineConfig
+    from stream.core.state import EngineConfig
 
     d = Driver(EngineState(config=EngineConfig(call_update_threshold=Decimal("500"))))
     d.list(tsla)
@@ -385,7 +387,7 @@ def test_ids_are_forgotten_after_the_horizon_and_older_events_are_rejected(drive
 
 
 def test_no_horizon_remembers_every_id():
-    from stream.core.engine import EngineConfig
+    from stream.core.state import EngineConfig
 
     driver = Driver(EngineState(config=EngineConfig(dedup_horizon_us=None)))
     driver.list(TSLA)
@@ -429,7 +431,7 @@ def test_pruned_state_round_trips_and_replays_identically(web):
 def test_every_prefix_of_a_batch_in_row_order_loads(web):
     """A crash can persist any prefix of the rows a batch changed: written in row_order,
     every prefix is a loadable state (no account row names a contract without a row)."""
-    from stream.core.engine import row_order
+    from stream.core.state import row_order
 
     driver = Driver()
     driver.list(TSLA)
@@ -448,7 +450,7 @@ def test_every_prefix_of_a_batch_in_row_order_loads(web):
 def test_a_fill_rewrites_o1_bytes_however_many_ids_the_account_remembers():
     """Remembered ids are rows of their own: a fill changes its account's row (whose size
     does not grow with the ids) and one id row; ids the horizon forgets are deleted rows."""
-    from stream.core.engine import seen_key, split_seen_key
+    from stream.core.state import seen_key, split_seen_key
 
     driver = Driver()
     driver.list(TSLA)

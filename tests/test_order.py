@@ -24,8 +24,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream.kafka.clients import client_kwargs, key_for
 from stream.core.topics import CALLS, COLLATERAL, DEADLETTER, FILLS, LISTINGS, REQUIREMENTS, SETTLEMENTS, TICKS
+from stream.kafka.clients import client_kwargs, key_for
 
 from .conftest import TSLA, load_example
 from .streaming_support import Cluster, fresh_settings, in_publication_order
@@ -109,7 +109,7 @@ def test_outputs_equal_the_publication_order_whatever_the_workers(broker, tmp_pa
                 cluster.start_worker()  # a worker joins while the producer publishes
             if shape == "rebalance" and n == len(messages) // 2:
                 events["stopped"] = cluster.workers[0]
-                from stream.cli.stream_commands import stop_process
+                from stream.harness.processes import stop_process
 
                 stop_process(cluster.workers[0])  # gracefully: its partitions move to the other worker
                 cluster.workers.remove(events["stopped"])

@@ -12,10 +12,12 @@ import random
 import orjson
 import pytest
 
-from stream.core.engine import EngineState
+from stream.core.state import EngineState
+from stream.core.topics import COLLATERAL, DEADLETTER, FILLS, LISTINGS, LOG, TICKS
 from stream.log.ordered_log import (
     BadRecord,
     RecordBuilder,
+    apply_parsed,
     apply_record,
     encode_entry,
     encode_record,
@@ -23,12 +25,10 @@ from stream.log.ordered_log import (
     home_partition,
     log_partition,
     record_entries,
-    apply_parsed,
     replay,
     route_batch,
     route_batch_parsed,
 )
-from stream.core.topics import COLLATERAL, DEADLETTER, FILLS, LISTINGS, LOG, TICKS
 
 from .conftest import TSLA, load_example
 

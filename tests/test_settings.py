@@ -63,7 +63,7 @@ def test_cli_help_shows_env_vars():
 
 def test_security_settings_reach_the_kafka_clients(tmp_path):
     from stream.kafka.clients import client_kwargs
-    from stream.worker.processor import faust_config
+    from stream.worker.app import faust_config
 
     s = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
                            "KAFKA_SASL_USERNAME": "clearing", "KAFKA_SASL_PASSWORD": "s3cret"})
@@ -88,7 +88,7 @@ def test_no_object_codecs_and_no_code_evaluation():
         text = path.read_text()
         for banned in ("pickle", "marshal", "eval(", "exec(", "yaml.load(", "shelve"):
             assert banned not in text, f"{banned} in {path.name}"
-    from stream.worker.processor import faust_config
+    from stream.worker.app import faust_config
 
     config = faust_config(Settings.from_env({}))
     assert config["key_serializer"] == "raw" and config["value_serializer"] == "raw"
@@ -120,8 +120,9 @@ def test_tls_and_sasl_reach_every_kafka_client_the_worker_creates(tmp_path, prot
 
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-    from stream.worker.processor import Stats, faust_config
+    from stream.worker.app import faust_config
     from stream.worker.router import Router
+    from stream.worker.stats import Stats
 
     ca, cert, key = _throwaway_tls(tmp_path)
     env = {"KAFKA_SECURITY_PROTOCOL": protocol, "KAFKA_SSL_CAFILE": str(ca), "KAFKA_SSL_CERTFILE": str(cert),

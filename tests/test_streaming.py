@@ -14,9 +14,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from stream.cli.demo import is_final, load_scenario, scenario_accounts
-from stream.log.ordered_log import log_partition
 from stream.core.topics import CALLS, DEADLETTER, FLASH, LOG, REQUIREMENTS, TICKS
+from stream.harness.scenario import is_final, load_scenario, scenario_accounts
+from stream.log.ordered_log import log_partition
 
 from .conftest import comparable_rows
 from .streaming_support import Cluster, by_account, fresh_settings, run_phases_and_settle
@@ -172,8 +172,9 @@ def test_bad_input_goes_to_the_deadletter_and_the_partition_keeps_flowing(bootst
     cluster.start_worker()
     try:
         cluster.publish(PHASES[:4])  # listings, a tick, deposits, the trading phase
-        from stream.kafka.clients import publish
         import asyncio
+
+        from stream.kafka.clients import publish
 
         asyncio.run(publish(cluster.settings, "trades.fills", [raw for raw, _ in BAD_FILLS]))
         good = [{"trade_id": "G1", "account_id": "ACME", "contract_id": "TSLA-Q2-2026-DELIVERIES", "side": "BUY",
@@ -258,7 +259,7 @@ def test_rocksdb_store_survives_a_restart(bootstrap, tmp_path, clean_run):
 
     async def restart_midway(phase):
         if PHASES.index(phase) == 5:
-            from stream.cli.stream_commands import stop_process
+            from stream.harness.processes import stop_process
 
             stop_process(state["worker"])
             cluster.workers.remove(state["worker"])

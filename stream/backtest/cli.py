@@ -74,7 +74,7 @@ class _SeriesProgress:
     """A one-line progress bar over series on a terminal (silent otherwise)."""
 
     def __init__(self, total: int):
-        from stream.audit.tools import Progress
+        from stream.audit.progress import Progress
 
         class SeriesBar(Progress):
             def line(self, done: int, elapsed: float, width: int = 30) -> str:
@@ -175,10 +175,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_from_log(args: argparse.Namespace) -> int:
-    from stream.audit.tools import load_topics
-    from stream.settings import Settings
-    from stream.core.topics import LOG, REQUIREMENTS
+    from stream.audit.inputs import load_topics
     from stream.backtest import from_log
+    from stream.core.topics import LOG, REQUIREMENTS
+    from stream.settings import Settings
 
     if args.panel is not None:
         raise Usage("--from-log takes no PANEL")

@@ -31,9 +31,9 @@ from typing import Callable
 
 import numpy as np
 
-from stream.core import model
-from stream.core.errors import Rejected
 from stream.backtest.panel import Panel, PanelError
+from stream.core import distribution, model
+from stream.core.errors import Rejected
 
 SIDES = (("long", 1.0), ("short", -1.0))
 CALIBRATION_C = (0.0, 2.0, 4.0, 8.0)
@@ -129,7 +129,7 @@ def run(panel: Panel, seed: int, progress: Callable[[int], None] | None = None) 
         conv_f = model.conv_factor(params.k, 1.0)  # tau = 1: 0.0
         other = dataclasses.replace(params, es_method="analytic" if params.es_method == "mc" else "mc")
         calib = [(c, dataclasses.replace(params, c=c)) for c in CALIBRATION_C]
-        quantiles = model.mc_outcome_quantiles if params.es_method == "mc" else model.outcome_quantiles
+        quantiles = distribution.mc_outcome_quantiles if params.es_method == "mc" else distribution.outcome_quantiles
         for t in s.origins():
             history = s.levels[: t + 1]
             anchor = s.levels[t]
@@ -143,7 +143,7 @@ def run(panel: Panel, seed: int, progress: Callable[[int], None] | None = None) 
                 raise PanelError(f"{panel.source}: series {s.series_id!r}", f"levels[0..{t}]",
                                  f"origin {t}: {exc.detail}") from None
             level = s.levels[t + 1]
-            outcome = model.clamp(level, lower, upper)
+            outcome = distribution.clamp(level, lower, upper)
             q_low, q_high = quantiles(rv.anchor, rv.loc, rv.t_scale, lower, upper, params)
             for _name, delta in SIDES:
                 a = delta * anchor
@@ -158,8 +158,8 @@ def run(panel: Panel, seed: int, progress: Callable[[int], None] | None = None) 
                 r["es_other"].append(model.position_components(delta, a, rv_other, conv_f)[2] if rv_other else np.nan)
             loss_long = r["loss"][-2]
             for c, pc, e in calib_est:
-                scale = model.student_t_scale(e.sigma_adj, pc.nu)
-                lo_q, hi_q = model.outcome_quantiles(anchor, e.mu, scale, lower, upper, pc)
+                scale = distribution.student_t_scale(e.sigma_adj, pc.nu)
+                lo_q, hi_q = distribution.outcome_quantiles(anchor, e.mu, scale, lower, upper, pc)
                 var_long = model.position_loss(1.0, anchor, lo_q, lower, upper)
                 var_short = model.position_loss(-1.0, -anchor, hi_q, lower, upper)
                 c_hit[c] += [loss_long > var_long, r["loss"][-1] > var_short]
@@ -176,7 +176,7 @@ def run(panel: Panel, seed: int, progress: Callable[[int], None] | None = None) 
     ints = {"series", "t", "n"}
     arrays = {f"o_{k}": np.asarray(v, dtype=np.int64 if k in ints else np.float64) for k, v in o.items()}
     rng = np.random.default_rng([seed, 0])
-    f_left, f_right = model.outcome_cdf(arrays["o_outcome"], arrays["o_anchor"], arrays["o_loc"],
+    f_left, f_right = distribution.outcome_cdf(arrays["o_outcome"], arrays["o_anchor"], arrays["o_loc"],
                                         arrays["o_t_scale"], arrays["o_lower"], arrays["o_upper"], arrays["o_nu"])
     pit = f_left + rng.random(f_left.shape) * (f_right - f_left)
     return Forecasts(

@@ -2,7 +2,7 @@
 position realised at its contract's settlement.
 
 The topics come from an export directory (``--dir``) or the broker, through
-:func:`stream.audit.tools.load_topics` (the broker path imports aiokafka lazily, there only).
+:func:`stream.audit.inputs.load_topics` (the broker path imports aiokafka lazily, there only).
 ``margin.log`` is replayed entry by entry with :func:`stream.log.ordered_log.apply_entry`, the
 worker's own loop, for two things only: each requirement's positions ``(q, a)`` at the
 moment it was published (a requirement carries ``q`` but not ``a``) and the settlement
@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.core import model
-from stream.audit.tools import log_entries, published_by_id
-from stream.core.engine import EngineConfig, EngineState
-from stream.log.ordered_log import apply_entry
-from stream.core.topics import LOG, REQUIREMENTS
+from stream.audit.inputs import log_entries
+from stream.audit.replay import published_by_id
 from stream.backtest import stats
 from stream.backtest.report import gate_lines, num, pct, table, write_json
+from stream.core import distribution, model
+from stream.core.state import EngineConfig, EngineState
+from stream.core.topics import LOG, REQUIREMENTS
+from stream.log.ordered_log import apply_entry
 
 GATE_LEVEL = 0.05
 
@@ -97,7 +98,7 @@ def observations(topics: dict, config: EngineConfig | None = None) -> tuple[list
                 skipped["positions_not_reproduced"] += 1
                 continue
             q, a = qa
-            outcome = model.clamp(contract["value"], contract["lower"], contract["upper"])
+            outcome = distribution.clamp(contract["value"], contract["lower"], contract["upper"])
             loss = model.position_loss(q, a, outcome, contract["lower"], contract["upper"])
             found.append((versions[0].partition, versions[0].offset, Observation(
                 rid, str(record.get("account_id")), str(record.get("as_of")), cid, q, float(pos["im"]),

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream.core import model
 from stream.backtest import stats
 from stream.backtest.forecast import CALIBRATION_C, Forecasts
+from stream.core import distribution, model
 
 BUCKETS = (("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-7", 5, 7), ("8-12", 8, 12), ("13+", 13, 1 << 62))
 SIDE_NAMES = ("long", "short")
@@ -73,7 +73,7 @@ def simulate_z2(fc: Forecasts, cells: list[tuple[int, str, np.ndarray]], sims: i
         o = slice(start, min(start + Z2_CHUNK, fc.origins))
         col = lambda a: a[o][:, None]  # noqa: E731
         draws = rng.standard_t(col(fc.o_nu), size=(o.stop - o.start, sims))
-        outcome = model.outcome_at(draws, col(fc.o_anchor), col(fc.o_loc), col(fc.o_t_scale),
+        outcome = distribution.outcome_at(draws, col(fc.o_anchor), col(fc.o_loc), col(fc.o_t_scale),
                                    col(fc.o_lower), col(fc.o_upper))
         for s, delta in enumerate((1.0, -1.0)):
             var, es = fc.var[s::2][o][:, None], fc.es[s::2][o][:, None]
@@ -153,7 +153,7 @@ def _crps_means(fc: Forecasts, loc: np.ndarray, t_scale: np.ndarray, mask: np.nd
         i = idx[start:start + Z2_CHUNK]
         tq = np.stack([stats.t_ppf_grid(float(nu)) for nu in fc.o_nu[i]])
         col = lambda a: a[i][:, None]  # noqa: E731
-        q = model.outcome_at(tq, col(fc.o_anchor), loc[i][:, None], t_scale[i][:, None], col(fc.o_lower),
+        q = distribution.outcome_at(tq, col(fc.o_anchor), loc[i][:, None], t_scale[i][:, None], col(fc.o_lower),
                              col(fc.o_upper)) / col(fc.o_anchor) - 1.0
         z = fc.o_outcome[i] / fc.o_anchor[i] - 1.0
         for name, values in stats.weighted_crps(q, z).items():
@@ -171,7 +171,7 @@ def _tails(fc: Forecasts, mask: np.ndarray) -> dict | None:
         return None
     ok = mask & (fc.o_t_scale > 0.0)
     z = (fc.o_level[ok] / fc.o_anchor[ok] - 1.0 - fc.o_loc[ok]) / fc.o_t_scale[ok]
-    _low, u = model.tail_points(fc.alpha, float(nus[0]))
+    _low, u = distribution.tail_points(fc.alpha, float(nus[0]))
     return {"nu": float(nus[0]), "threshold": u, "left": stats.tail_check(-z, u), "right": stats.tail_check(z, u)}
 
 

@@ -63,12 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_backtest_commands(sub)
 
-    try:
-        from stream.cli import stream_commands as cli_stream
-    except ImportError:  # pragma: no cover - streaming extras missing
-        cli_stream = None
-    if cli_stream is not None:
-        cli_stream.add_commands(sub)
+    from stream.cli import stream_commands  # faust and aiokafka are hard dependencies: imported lazily there
+
+    stream_commands.add_commands(sub)
     return parser
 
 

@@ -7,14 +7,13 @@ import argparse
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 
-from stream.settings import Settings
 from stream.core.topics import INPUT_TOPICS, LOG, OUTPUT_TOPICS
+from stream.settings import Settings
 
 
 def settings_help() -> str:
@@ -34,7 +33,7 @@ def _settings() -> Settings:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from stream.kafka.clients import ensure_topics
-    from stream.worker.processor import run_worker
+    from stream.worker.app import run_worker
     from stream.worker.router import PartitionCountError, check_copartitioned
 
     settings = _settings()
@@ -271,28 +270,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
 
-def start_worker_process(settings: Settings, log_path: Path | None = None) -> subprocess.Popen:
-    """A worker as a child process (used by the demo and the integration tests)."""
-    env = {**os.environ, **settings.env()}
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # --------------------------------------------------------------------------- audit commands
 def _audit_topics(topics: list[str], directory: str | None, command: str) -> dict | None:
     """Topics from an export directory or the broker; None (after a message) when unreadable."""
-    from stream.audit.tools import load_topics
+    from stream.audit.inputs import load_topics
 
     try:
         return load_topics(topics, directory, None if directory else _settings())
@@ -321,13 +302,14 @@ def _engine_config():
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from stream.audit.tools import Filters, Progress, format_report, run_replay
+    from stream.audit.progress import Progress
+    from stream.audit.replay import Filters, format_report, run_replay
     from stream.core.topics import CALLS, REQUIREMENTS
 
     filters = Filters(args.account, args.contract, _time_arg(args.from_time, "--from-time", "replay"),
                       _time_arg(args.to_time, "--to-time", "replay"), args.from_offset, args.to_offset)
     if args.from_inputs:
-        from stream.audit.tools import log_from_inputs
+        from stream.audit.inputs import log_from_inputs
         from stream.core.topics import INPUT_TOPICS
 
         topics = _audit_topics([*INPUT_TOPICS, REQUIREMENTS, CALLS], args.dir, "replay")
@@ -345,7 +327,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from stream.audit.tools import explain, format_explain, log_entries, to_json
+    from stream.audit.explain import explain, format_explain, to_json
+    from stream.audit.inputs import log_entries
 
     at_us = _time_arg(args.at, "--at", "explain")
     topics = _audit_topics([LOG], args.dir, "explain")
@@ -364,7 +347,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from stream.audit.tools import read_broker, write_export
+    from stream.audit.export import write_export
+    from stream.audit.inputs import read_broker
 
     settings = _settings()
     topics = list(dict.fromkeys(args.topics))
@@ -376,7 +360,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from stream.audit.tools import account_history, plot_report
+    from stream.audit.report import account_history, plot_report
     from stream.core.topics import CALLS, REQUIREMENTS
 
     topics = _audit_topics([REQUIREMENTS, CALLS], args.dir, "report")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from stream.core.engine import ContractState, EngineConfig, EngineState, account_risk, apply
+from stream.core.engine import apply
 from stream.core.errors import Rejected
-from stream.core.positions import Book
 from stream.core.money import cents_to_decimal, cents_up, money_str
+from stream.core.positions import Book
 from stream.core.records import Cause, parse
+from stream.core.requirements import account_risk
+from stream.core.state import ContractState, EngineConfig, EngineState
 from stream.core.timeutil import parse_time_us
 from stream.core.topics import FILLS, FLASH, LISTINGS, TICKS
 

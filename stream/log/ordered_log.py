@@ -30,11 +30,12 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from stream.core.engine import EngineState, Output, apply, take_in
+from stream.core.engine import apply
 from stream.core.errors import Misrouted, Rejected, SchemaViolation, Undecodable
-from stream.log.partitioner import default_partition
 from stream.core.records import Cause, Event, deadletter_record, decode, parse
+from stream.core.state import EngineState, Output, take_in
 from stream.core.topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
+from stream.log.partitioner import default_partition
 
 log = logging.getLogger("kpimargin")
 
@@ -291,7 +292,7 @@ def apply_parsed(state: EngineState, log_partition: int, parsed: Parsed) -> list
     """Apply one entry whose input is already parsed (the worker's router parsed it): the
     outputs :func:`apply_entry` gives for the entry the router wrote for ``parsed``. A
     copy of an input this log partition has taken in before (re-forwarded by a router
-    after a crash) is skipped whole (:func:`stream.core.engine.take_in`)."""
+    after a crash) is skipped whole (:func:`stream.core.state.take_in`)."""
     if not take_in(state, parsed.topic, parsed.partition, parsed.offset):
         return []
     try:

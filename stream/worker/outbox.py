@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from stream.worker import shim
+
 
 class Outbox:
     """Per topic-partition batches for one aiokafka producer (see the module docstring)."""
@@ -47,10 +49,9 @@ class Outbox:
 
     async def prepare(self, topics) -> None:
         """Fetch the metadata (partition counts) of the topics keyed records go to."""
-        client = self.producer.client
         for topic in topics:
-            await client._wait_on_metadata(topic)  # noqa: SLF001 - what producer.send awaits first
-            self._partitions[topic] = sorted(client.cluster.partitions_for_topic(topic))
+            await shim.wait_on_metadata(self.producer, topic)
+            self._partitions[topic] = sorted(self.producer.client.cluster.partitions_for_topic(topic))
 
     def partition_for(self, topic: str, key: bytes) -> int:
         """The partition the producer's partitioner gives ``key`` (cached per key)."""
@@ -61,7 +62,7 @@ class Outbox:
                 raise RuntimeError(f"Outbox.prepare was not given topic {topic!r}")
             if len(self._key_partition) >= self.KEY_CACHE_MAX:
                 self._key_partition.clear()
-            cached = self._key_partition[(topic, key)] = self.producer._partitioner(key, partitions, partitions)  # noqa: SLF001
+            cached = self._key_partition[(topic, key)] = shim.key_partition(self.producer, key, partitions)
         return cached
 
     def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:

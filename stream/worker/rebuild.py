@@ -17,11 +17,11 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream.core.engine import EngineConfig, EngineState
+from stream.core.state import EngineConfig, EngineState
+from stream.core.topics import LOG
 from stream.kafka.clients import client_kwargs
 from stream.log.ordered_log import apply_record
 from stream.settings import Settings
-from stream.core.topics import LOG
 
 log = logging.getLogger("kpimargin")
 

@@ -4,13 +4,13 @@ Co-partitioned, one writer per log partition (the Kafka Streams rule). Fills and
 movements are keyed by ``account_id`` and placed by Kafka's default partitioner, so input
 partition ``p`` of the account topics holds exactly the accounts of log partition ``p``
 (:mod:`stream.log.partitioner`; an account event elsewhere is dead-lettered as ``misrouted``).
-The task of log partition ``p`` runs in the worker whose engine owns ``p`` (it follows
+The task of log partition ``p`` runs in the worker whose log agent owns ``p`` (it follows
 faust's assignment of the log, see :meth:`Router.assign`) and reads input partition ``p`` of
 the account topics and every partition of the topics that concern all accounts (listings,
 flashes, settlements, ticks). It forwards them to log partition ``p`` in one merge by
 broker timestamp (:mod:`stream.log.merge`: right also into a backlog, while producers publish,
 or with a partition idle). So the order of each log partition is one task's merge, whatever
-the number of workers, and every record it writes is handed to this worker's own engine.
+the number of workers, and every record it writes is handed to this worker's own log agent.
 
 The log is the router's commit: each log record carries, per input partition, the next
 offset to forward once it is in the log (:func:`stream.log.ordered_log.record_positions`). A
@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.core.topics import ACCOUNT_TOPICS, BROADCAST_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
 from stream.kafka.clients import client_kwargs, topic_partitions
 from stream.log.merge import End, Fetched, TaskInputs, release
 from stream.log.ordered_log import RECORD_HEAD, Parsed, _route, encode_record, record_positions
-from stream.worker.lifecycle import confirm, guarded, undelivered_log_record
 from stream.settings import Settings
-from stream.core.topics import ACCOUNT_TOPICS, BROADCAST_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
+from stream.worker.lifecycle import confirm, guarded, undelivered_log_record
 
 log = logging.getLogger("kpimargin")
 
@@ -110,8 +110,8 @@ async def last_positions(settings: Settings, p: int) -> dict[tuple[str, int], in
 class Router:
     """Routes the inputs of the log partitions faust assigned to this worker (module docstring)."""
 
-    def __init__(self, app, settings: Settings, stats, engine):
-        self.app, self.settings, self.stats, self.engine = app, settings, stats, engine
+    def __init__(self, app, settings: Settings, stats, agent):
+        self.app, self.settings, self.stats, self.agent = app, settings, stats, agent
         self.names = {settings.topic(t): t for t in INPUT_TOPICS}
         self.log_name = settings.topic(LOG)
         self.deadletter_name = settings.topic(DEADLETTER)
@@ -128,7 +128,7 @@ class Router:
     # ---------------------------------------------------------------- rebalances (faust signals)
     async def revoke(self) -> None:
         """Before faust hands log partitions to another worker: stop routing and wait until
-        every batch sent is acknowledged and handed to the engine, so that the next owner
+        every batch sent is acknowledged and handed to the log agent, so that the next owner
         of a partition reads its final log record."""
         async with self.lock:
             self.dirty = True
@@ -298,13 +298,13 @@ class Router:
 
     async def retire(self) -> None:
         """Batches in order, once the broker acknowledged them: hand each log record to this
-        worker's engine (:meth:`stream.worker.processor.Engine.handoff`: applied at once when the
-        engine is at its offset, instead of after fetching it back from the log)."""
+        worker's log agent (:meth:`stream.worker.agent.LogAgent.handoff`: applied at once when
+        the agent is at its offset, instead of after fetching it back from the log)."""
         while True:
             batch: InFlight = await self.in_flight.get()
             try:
                 await confirm([f for f, _p, _parsed in batch.log_records], "log records")
-                if self.engine.handoff([(p, f.result().offset, parsed) for f, p, parsed in batch.log_records]):
-                    await self.engine.boundary()
+                if self.agent.handoff([(p, f.result().offset, parsed) for f, p, parsed in batch.log_records]):
+                    await self.agent.boundary()
             finally:
                 self.in_flight.task_done()

@@ -1,0 +1,91 @@
+"""Every call into faust's or aiokafka's private parts, in one place.
+
+Each is read from faust-streaming 0.15.3 and aiokafka 0.14.0 (the versions pinned by
+``pyproject.toml``'s lower bounds and tested in CI); each comment says why the public API
+does not serve. Upgrading either package means re-reading these few functions first.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from contextlib import contextmanager
+from typing import Any, Mapping
+
+# faust.streams._current_event: the task-local "current event" under which a table's store
+# writes. faust's rocksdb store keeps one database per partition and takes the partition
+# to write from the current event; the persister writes rows outside any event (after the
+# broker acknowledged them), and faust has no public way to say "for partition p".
+from faust.streams import _current_event
+
+
+class _InPartition:
+    """Stands for an event of log partition ``p`` where faust's table stores look for the
+    current event (only ``event.message.partition`` is read)."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, p: int):
+        self.message = types.SimpleNamespace(partition=p)
+
+
+@contextmanager
+def writing_for(p: int):
+    """Write to a table's local store as if processing an event of partition ``p``."""
+    stand_in = _InPartition(p)
+    token = _current_event.set(weakref.ref(stand_in))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def patch_fetch_wait(max_wait_ms: int) -> None:
+    """faust's aiokafka driver passes ``fetch_max_wait_ms=1500`` to every consumer it
+    creates (``faust/transport/drivers/aiokafka.py``, ``_create_worker_consumer``) and has
+    no setting for it; on a broker that sleeps out the wait (Tansu) that is 1.5 s of
+    latency. The driver module's ``aiokafka`` name is replaced by a proxy whose consumer
+    class overrides the value."""
+    import aiokafka
+    from faust.transport.drivers import aiokafka as driver
+
+    base = aiokafka.AIOKafkaConsumer
+
+    class Consumer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *topics, **kwargs):
+            kwargs["fetch_max_wait_ms"] = max_wait_ms
+            super().__init__(*topics, **kwargs)
+
+    proxy = types.ModuleType("aiokafka")
+    proxy.__dict__.update(aiokafka.__dict__)
+    proxy.AIOKafkaConsumer = Consumer  # type: ignore[attr-defined]
+    driver.aiokafka = proxy
+
+
+def aiokafka_producer(app) -> Any:
+    """The started aiokafka producer under faust's producer (``Producer._ensure_producer``):
+    the outbox hands it whole record batches (``create_batch``/``send_batch``), which
+    faust's ``Producer.send`` (one message at a time, ~11 µs each) does not offer."""
+    return app.producer._ensure_producer()  # noqa: SLF001
+
+
+async def commit_offsets(consumer, offsets: Mapping[Any, int]) -> None:
+    """Commit exactly these offsets for the group (faust's ``Consumer._commit``): faust's
+    public ``commit`` commits what its own acks reached, and the worker must commit the
+    offset right after its durable ``meta`` instead, before faust seeks the stream."""
+    await consumer._commit(offsets)  # noqa: SLF001
+
+
+async def wait_on_metadata(producer, topic: str) -> None:
+    """Wait for a topic's metadata on an aiokafka producer (``client._wait_on_metadata``,
+    what ``send`` awaits first): the outbox partitions keyed records itself and needs the
+    partition count before its first batch; aiokafka has no public call that waits for it."""
+    await producer.client._wait_on_metadata(topic)  # noqa: SLF001
+
+
+def key_partition(producer, key: bytes, partitions: list[int]) -> int:
+    """The partition aiokafka's partitioner gives ``key`` (``producer._partitioner``,
+    murmur2 as Kafka's default): records go out in batches built by the outbox, so it must
+    choose the partition ``send`` would have chosen; the partitioner is only reachable
+    through this attribute."""
+    return producer._partitioner(key, partitions, partitions)  # noqa: SLF001
