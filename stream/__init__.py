@@ -1,7 +1,8 @@
 """kpimargin: streaming initial-margin processor for bounded KPI futures.
 
-The pure core (``model``, ``positions``, ``calls``, ``records``, ``engine``) imports no
-Kafka or faust code; the streaming shell lives in ``stream.app`` and friends.
+The pure layers (``stream.core``: the model and the engine; ``stream.log``: the ordered
+log) import no Kafka or faust code; the streaming shell is ``stream.kafka`` and
+``stream.worker``; the README's "Repository" section draws the layers.
 """
 
 __version__ = "0.1.0"

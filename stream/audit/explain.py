@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 
-from stream.audit.inputs import decode_entry
 from stream.audit.replay import time_or_none
 from stream.core.requirements import account_risk
 from stream.core.state import EngineConfig, EngineState, Output
@@ -27,7 +26,7 @@ from stream.core.topics import (
     SETTLEMENTS,
     TICKS,
 )
-from stream.log.ordered_log import Entry, apply_entry
+from stream.log.ordered_log import Entry, apply_entry, entry_source
 
 EVENT_TIME_FIELD = {TICKS: "ts", FILLS: "ts", COLLATERAL: "ts", FLASH: "as_of", SETTLEMENTS: "ts", LISTINGS: "listing_time"}
 
@@ -42,8 +41,8 @@ def event_time_us(topic: str, value: dict) -> int | None:
 def account_partition(entries: list[tuple[int, int, int, Entry]], account_id: str) -> int | None:
     """The log partition whose fill/collateral entries name the account."""
     for partition, _offset, _index, entry in entries:
-        decoded = decode_entry(entry)
-        if decoded and decoded[0].get("topic") in ACCOUNT_TOPICS and decoded[1].get("account_id") == account_id:
+        source = entry_source(entry)
+        if source and source[0] in ACCOUNT_TOPICS and source[3].get("account_id") == account_id:
             return partition
     return None
 
@@ -55,8 +54,8 @@ def cutoff_index(entries: list[tuple[int, int, int, Entry]], at_us: int | None) 
         return len(entries)
     last = -1
     for i, (_p, _o, _index, entry) in enumerate(entries):
-        decoded = decode_entry(entry)
-        t = event_time_us(str(decoded[0].get("topic")), decoded[1]) if decoded else None
+        source = entry_source(entry)
+        t = event_time_us(source[0], source[3]) if source else None
         if t is not None and t <= at_us:
             last = i
     return last + 1
@@ -99,10 +98,10 @@ def _output_summary(out: Output) -> str:
     return f"rejected: {v.get('reason')} {v.get('field') or ''} {v.get('detail') or ''}".rstrip()
 
 
-def _account_outputs(outputs: list[Output], account_id: str, source: dict) -> list[Output]:
-    """The outputs of one entry that concern the account (its records; its rejections)."""
+def _account_outputs(outputs: list[Output], account_id: str, topic: str) -> list[Output]:
+    """The outputs of one entry of ``topic`` that concern the account (its records; its rejections)."""
     mine = [o for o in outputs if o.topic != DEADLETTER and o.value.get("account_id") == account_id]
-    if source.get("topic") in ACCOUNT_TOPICS:
+    if topic in ACCOUNT_TOPICS:
         mine += [o for o in outputs if o.topic == DEADLETTER]
     return mine
 
@@ -111,9 +110,9 @@ def _held_contracts(entries: list[tuple[int, int, int, Entry]], account_id: str)
     """Contracts the account's fills name (it held or holds them)."""
     held = set()
     for _p, _o, _i, entry in entries:
-        decoded = decode_entry(entry)
-        if decoded and decoded[0].get("topic") == FILLS and decoded[1].get("account_id") == account_id:
-            held.add(decoded[1].get("contract_id"))
+        source = entry_source(entry)
+        if source and source[0] == FILLS and source[3].get("account_id") == account_id:
+            held.add(source[3].get("contract_id"))
     return held
 
 
@@ -128,20 +127,19 @@ def replay_account(entries: list[tuple[int, int, int, Entry]], account_id: str,
         account = state.accounts.get(account_id)
         had_positions = bool(account and account.positions)
         outputs = apply_entry(state, partition, offset, entry, index)
-        decoded = decode_entry(entry)
-        if decoded is None:
+        source = entry_source(entry)
+        if source is None:
             continue
-        source, value = decoded
-        topic = str(source.get("topic"))
+        topic, source_partition, source_offset, value = source
         if not _concerns(topic, value, account_id, contracts, had_positions):
             continue
         t = event_time_us(topic, value)
         chain.append({
             "log": {"partition": partition, "offset": offset, "entry": index},
-            "source": {"topic": topic, "partition": source.get("partition"), "offset": source.get("offset")},
+            "source": {"topic": topic, "partition": source_partition, "offset": source_offset},
             "event_time": value.get(EVENT_TIME_FIELD.get(topic, "")) if t is not None else None,
             "summary": summarize(topic, value),
-            "outputs": [_output_summary(o) for o in _account_outputs(outputs, account_id, source)],
+            "outputs": [_output_summary(o) for o in _account_outputs(outputs, account_id, topic)],
         })
     return state, chain
 

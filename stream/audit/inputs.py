@@ -68,17 +68,6 @@ def log_from_inputs(topics: dict[str, list[Record]], partitions: int, max_bytes:
     return log
 
 
-def decode_entry(entry: Entry) -> tuple[dict, dict] | None:
-    """``(source, value)`` of a log entry, or None when it is not one the router wrote."""
-    try:
-        source, value = entry["source"], entry["value"]  # type: ignore[index]
-    except Exception:
-        return None
-    if not isinstance(source, dict) or not isinstance(value, dict):
-        return None
-    return source, value
-
-
 def route_offline(messages: Iterable[tuple[str, dict]], partitions: int) -> list[tuple[int, int, bytes]]:
     """A ``margin.log`` built in memory from ``(topic, message)`` pairs, routed as the
     router does (account events to their account's partition, from the input partition

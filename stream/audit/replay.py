@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from stream.audit.export import Record
-from stream.audit.inputs import decode_entry, log_entries
+from stream.audit.inputs import log_entries
 from stream.audit.progress import Progress
 from stream.core.state import EngineConfig, EngineState
 from stream.core.timeutil import parse_time_us
@@ -18,7 +18,7 @@ from stream.core.topics import (
     LOG,
     REQUIREMENTS,
 )
-from stream.log.ordered_log import Entry, apply_entry
+from stream.log.ordered_log import Entry, apply_entry, entry_source
 
 COMPARED_TOPICS = (REQUIREMENTS, CALLS)
 
@@ -220,10 +220,9 @@ class Selector:
         if self._sources is None:
             self._sources = {}
             for p, o, _i, entry in self.entries:
-                decoded = decode_entry(entry)
-                if decoded is not None:  # the first copy: a re-forwarded one publishes nothing
-                    src = decoded[0]
-                    self._sources.setdefault((p, str(src.get("topic")), src.get("partition"), src.get("offset")), o)
+                source = entry_source(entry)
+                if source is not None:  # the first copy: a re-forwarded one publishes nothing
+                    self._sources.setdefault((p, *source[:3]), o)
         return self._sources.get((partition, cause.get("topic"), cause.get("partition"), cause.get("offset")))
 
 

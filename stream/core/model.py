@@ -21,7 +21,7 @@ factor ``1 - exp(-k*(1-tau))`` is computed once per contract and tick with ``mat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Mapping
 
 import numpy as np
@@ -299,12 +299,12 @@ class PositionRisk:
     tau: float
 
     def as_dict(self, contract_id: str) -> dict:
-        return _risk_dict(
+        return risk_dict(
             contract_id, self.q, self.im, self.max_loss, self.es, self.stress, self.conv, self.stat, self.conc, self.tau
         )
 
 
-def _risk_dict(
+def risk_dict(
     contract_id: str, q: float, im: float, max_loss: float, es: float, stress: float, conv: float, stat: float,
     conc: float, tau_: float,
 ) -> dict:
@@ -356,7 +356,7 @@ def position_risk(q: float, a: float, rv: RiskVector, tau_: float, conv_f: float
 def position_risk_dict(contract_id: str, q: float, a: float, rv: RiskVector, tau_: float, conv_f: float) -> dict:
     """``position_risk(q, a, rv, tau_, conv_f).as_dict(contract_id)`` without building the
     intermediate :class:`PositionRisk` (the per-fill path builds one per fill)."""
-    return _risk_dict(contract_id, q, *position_components(q, a, rv, conv_f), tau_)
+    return risk_dict(contract_id, q, *position_components(q, a, rv, conv_f), tau_)
 
 
 @dataclass
@@ -370,7 +370,6 @@ class RiskArrays:
     conv: np.ndarray
     stat: np.ndarray
     conc: np.ndarray
-    extra: dict = field(default_factory=dict)
 
 
 def positions_risk(q: np.ndarray, a: np.ndarray, rv: RiskVector, conv_f: float) -> RiskArrays:

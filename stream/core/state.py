@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Iterable
 
+import numpy as np
+
 from stream.core import model
 from stream.core.calls import OpenCall
 from stream.core.model import RiskVector
@@ -61,6 +63,17 @@ def src_mark(src: dict[str, int], cause: Cause) -> None:
 
 
 @dataclass
+class BookRisk:
+    """A contract book's last vectorised re-margin (:func:`refresh_book`)."""
+
+    version: int  # the contract version it was computed at
+    q: np.ndarray  # the (q, a) columns it saw
+    a: np.ndarray
+    risk: model.RiskArrays
+    rows: tuple[list, list, list] | None = None  # (q, a, per-position dicts) as lists, built on first use
+
+
+@dataclass
 class ContractState:
     listing: Listing
     listing_raw: dict
@@ -80,11 +93,10 @@ class ContractState:
     # Identifies the current (rv, tau, conv_f): a new value from _VERSIONS whenever any of
     # them changes (listing, flash, tick). Positions cache their risk components per version.
     version: int = -1
-    # The last vectorised re-margin of the whole book (see refresh_book): the version it
-    # was computed at, the (q, a) columns it saw, its RiskArrays, and the same columns as
-    # Python lists (built on first use). Lets a tick's or flash's records take each
-    # position's components from one vectorised pass instead of one scalar call each.
-    book_risk: tuple | None = field(default=None, repr=False, compare=False)
+    # The last vectorised re-margin of the whole book (see refresh_book). Lets a tick's or
+    # flash's records take each position's components from one vectorised pass instead of
+    # one scalar call each.
+    book_risk: BookRisk | None = field(default=None, repr=False, compare=False)
 
     @property
     def contract_id(self) -> str:
@@ -302,30 +314,29 @@ def refresh_book(state: EngineState, contract: ContractState) -> None:
         q, a = book.columns()
         risk = model.positions_risk(q, a, contract.rv, contract.conv_f)
         book.im[: book.n] = risk.im
-        contract.book_risk = (contract.version, q.copy(), a.copy(), risk, None)
+        contract.book_risk = BookRisk(contract.version, q.copy(), a.copy(), risk)
 
 
 def book_risk_dicts(contract: ContractState) -> tuple[list, list, list] | None:
     """``(q, a, dicts)`` of the book's last vectorised re-margin if it is still current
     (same contract version), else None: the columns it saw as lists, and every row's
-    per-position record dict (the layout of :func:`stream.core.model._risk_dict`), built in one
-    pass on first use."""
+    per-position record dict (:func:`stream.core.model.risk_dict`), built in one pass on
+    first use."""
     cached = contract.book_risk
-    if cached is None or cached[0] != contract.version:
+    if cached is None or cached.version != contract.version:
         return None
-    if cached[4] is None:
-        _, q, a, r = cached[:4]
-        cid, tau_ = contract.contract_id, contract.tau
-        ql = q.tolist()
+    if cached.rows is None:
+        cid, tau_, r = contract.contract_id, contract.tau, cached.risk
+        ql = cached.q.tolist()
+        risk_dict = model.risk_dict
         dicts = [
-            {"contract_id": cid, "q": qv, "im": im, "max_loss": ml, "es": es, "stress": st, "conv": cv, "stat": sa,
-             "conc": cc, "tau": tau_}
+            risk_dict(cid, qv, im, ml, es, st, cv, sa, cc, tau_)
             for qv, im, ml, es, st, cv, sa, cc in zip(
                 ql, r.im.tolist(), r.max_loss.tolist(), r.es.tolist(), r.stress.tolist(), r.conv.tolist(),
                 r.stat.tolist(), r.conc.tolist())
         ]
-        contract.book_risk = cached = (*cached[:4], (ql, a.tolist(), dicts))
-    return cached[4]
+        cached.rows = (ql, cached.a.tolist(), dicts)
+    return cached.rows
 
 
 def get_account(state: EngineState, account_id: str) -> Account:

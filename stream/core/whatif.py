@@ -1,4 +1,4 @@
-"""Pre-trade / what-if margin (issue: ``kpimargin whatif``): the core engine run on files.
+"""Pre-trade / what-if margin (``kpimargin whatif``): the core engine run on files.
 
 Listings, then flashes (oldest ``as_of`` first: the latest wins), are applied first, then
 one clock tick at ``--at``, then the fills in file order (none is too old to be checked for
