@@ -147,8 +147,8 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):
         info["git_head"] = None
     digest = hashlib.sha256()
-    for name in ("model.py", "engine.py", "records.py", "positions.py", "calls.py", "money.py"):
-        digest.update((root / "stream" / name).read_bytes())
+    for path in sorted((root / "stream" / "core").glob("*.py")):  # the pure core, every module
+        digest.update(path.read_bytes())
     info["core_sha256_12"] = digest.hexdigest()[:12]
     return info
 
