@@ -3,17 +3,20 @@ explain, and the same answers however the router cut the log into records."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
 from stream.audit.explain import explain, format_explain
 from stream.audit.export import Record
-from stream.audit.inputs import as_records, log_entries, route_offline
+from stream.audit.inputs import as_records, load_topics, log_entries, route_offline
 from stream.audit.replay import Filters, field_diffs, run_replay
 from stream.core.timeutil import parse_time_us
-from stream.core.topics import CALLS, COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, TICKS
+from stream.core.state import EngineState
+from stream.core.topics import CALLS, COLLATERAL, DEADLETTER, FILLS, INPUT_TOPICS, LISTINGS, LOG, REQUIREMENTS, TICKS
 from stream.harness.scenario import load_scenario
-from stream.log.ordered_log import encode_entry, encode_record, expand, home_partition, replay, route_batch
+from stream.log.ordered_log import apply_entry, encode_entry, encode_record, expand, home_partition, replay, route_batch
 
 from .conftest import TSLA, load_example
 
@@ -147,3 +150,25 @@ def test_bad_entries_of_one_record_get_distinct_dead_letter_ids():
     outputs = [out for _p, _o, out in replay([(0, 3, record)])]
     ids = [o.value["id"] for o in outputs]
     assert len(outputs) == 2 and len(set(ids)) == 2
+
+
+# --------------------------------------------------------------------------- a log written by an earlier version
+OLD_EXPORT = Path(__file__).parent / "corpus" / "demo-export-18380e3"
+
+
+def test_a_log_written_before_the_layout_change_replays_to_every_published_record():
+    """``kpimargin demo`` run and exported (``kpimargin export``) by git 18380e3, before
+    ``stream/`` was split into layers: the current code, replaying that ``margin.log``,
+    recomputes exactly the requirements and calls that version published -- the log
+    format and the engine's numbers did not move."""
+    topics = load_topics(INPUT_TOPICS + (LOG, REQUIREMENTS, CALLS, DEADLETTER), str(OLD_EXPORT))
+    published = {orjson.loads(r.value)["id"]: orjson.loads(r.value) for t in (REQUIREMENTS, CALLS) for r in topics[t]}
+    assert len(published) == 33 and not topics[DEADLETTER]
+    report = run_replay(topics)
+    assert report.ok and report.published == report.recomputed == report.compared == 33
+    states: dict[int, EngineState] = {}
+    recomputed = {}
+    for p, o, i, entry in log_entries(topics[LOG]):
+        for out in apply_entry(states.setdefault(p, EngineState()), p, o, entry, i):
+            recomputed.setdefault(out.value["id"], out.value)
+    assert recomputed == published  # every id, bit for bit as that version published it
