@@ -74,7 +74,7 @@ def fanout(accounts: int) -> dict:
     """One tick over ``accounts`` x 10 positions: the re-margin alone, and the whole apply."""
     from stream.core import engine
     from stream.core import state as core_state
-    from stream.core.records import Cause, parse
+    from stream.core.messages import Cause, parse
     from stream.core.topics import TICKS
 
     from .memory import build

@@ -44,7 +44,7 @@ import numpy as np
 import stream
 from stream.core import distribution, engine, model, requirements
 from stream.core import state as core_state
-from stream.core.records import Cause, parse
+from stream.core.messages import Cause, parse
 from stream.core.topics import FILLS, FLASH, LISTINGS, TICKS
 
 EXAMPLES = Path(stream.__file__).resolve().parent / "examples"

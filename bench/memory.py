@@ -21,7 +21,7 @@ import orjson
 
 from stream.core import engine
 from stream.core import state as core_state
-from stream.core.records import Cause, parse
+from stream.core.messages import Cause, parse
 from stream.core.topics import FILLS, LISTINGS, TICKS
 
 from .core import FILL_TS, TICK_TS, listing_raws

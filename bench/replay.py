@@ -30,10 +30,11 @@ from pathlib import Path
 import orjson
 
 import stream
-from stream.audit.export import Record
-from stream.audit.inputs import as_records, log_entries
+from stream.audit.export import TopicMessage
+from stream.audit.inputs import log_entries
 from stream.audit.replay import recompute, run_replay
 from stream.core.topics import CALLS, COLLATERAL, FILLS, FLASH, LISTINGS, LOG, REQUIREMENTS, TICKS
+from stream.harness.offline import as_records
 from stream.log.ordered_log import home_partition, replay, route_batch
 
 EXAMPLES = Path(stream.__file__).resolve().parent / "examples"
@@ -102,12 +103,12 @@ def route_log(msgs: list[tuple[str, dict]], batch: int) -> list[tuple[int, int, 
     return sorted(log)
 
 
-def published(records) -> dict[str, list[Record]]:
+def published(records) -> dict[str, list[TopicMessage]]:
     """Requirements and calls as a faithful worker would have published them."""
-    topics: dict[str, list[Record]] = {REQUIREMENTS: [], CALLS: []}
+    topics: dict[str, list[TopicMessage]] = {REQUIREMENTS: [], CALLS: []}
     for _p, _o, out in replay(records):
         if out.topic in topics:
-            topics[out.topic].append(Record(0, len(topics[out.topic]), None, out.key.encode(), orjson.dumps(out.value)))
+            topics[out.topic].append(TopicMessage(0, len(topics[out.topic]), None, out.key.encode(), orjson.dumps(out.value)))
     return topics
 
 

@@ -249,7 +249,7 @@ class Expected:
 
     def __init__(self, settings: Settings):
         from stream.core.engine import apply
-        from stream.core.records import Cause, parse
+        from stream.core.messages import Cause, parse
         from stream.core.state import EngineState
 
         self._apply, self._parse, self._cause = apply, parse, Cause

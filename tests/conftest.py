@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from stream.core.engine import apply
-from stream.core.records import Cause, parse
+from stream.core.messages import Cause, parse
 from stream.core.state import EngineState
 from stream.core.topics import COLLATERAL, FILLS, FLASH, LISTINGS, SETTLEMENTS, TICKS
 

@@ -22,7 +22,7 @@ from typing import Iterator
 import orjson
 
 from stream.core.engine import apply
-from stream.core.records import Cause, parse
+from stream.core.messages import Cause, parse
 from stream.core.state import EngineState
 from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
 from stream.harness.processes import start_worker_process, stop_process

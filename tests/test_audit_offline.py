@@ -9,12 +9,13 @@ import orjson
 import pytest
 
 from stream.audit.explain import explain, format_explain
-from stream.audit.export import Record
-from stream.audit.inputs import as_records, load_topics, log_entries, route_offline
+from stream.audit.export import TopicMessage
+from stream.audit.inputs import load_topics, log_entries
 from stream.audit.replay import Filters, field_diffs, run_replay
-from stream.core.timeutil import parse_time_us
 from stream.core.state import EngineState
+from stream.core.timeutil import parse_time_us
 from stream.core.topics import CALLS, COLLATERAL, DEADLETTER, FILLS, INPUT_TOPICS, LISTINGS, LOG, REQUIREMENTS, TICKS
+from stream.harness.offline import as_records, route_offline
 from stream.harness.scenario import load_scenario
 from stream.log.ordered_log import apply_entry, encode_entry, encode_record, expand, home_partition, replay, route_batch
 
@@ -44,12 +45,12 @@ def _small_log() -> list[tuple[int, int, bytes]]:
     return sorted((p, o, encode_record([entry])) for p, o, entry in entries)
 
 
-def _published(entries) -> dict[str, list[Record]]:
+def _published(entries) -> dict[str, list[TopicMessage]]:
     """What a faithful worker would have published: the replay's requirements and calls."""
     topics = {REQUIREMENTS: [], CALLS: []}
     for _p, _o, out in replay(entries):
         if out.topic in topics:
-            topics[out.topic].append(Record(0, len(topics[out.topic]), None, out.key.encode(), orjson.dumps(out.value)))
+            topics[out.topic].append(TopicMessage(0, len(topics[out.topic]), None, out.key.encode(), orjson.dumps(out.value)))
     return topics
 
 
@@ -68,7 +69,7 @@ def test_replay_comparison_without_a_broker():
     first = orjson.loads(published[REQUIREMENTS][-1].value)
     altered = {**first, "im": "1.00", "positions": [{**first["positions"][0], "es": 0.5}, *first["positions"][1:]]}
     extra = {**first, "id": "not-a-replayed-id"}
-    topics[REQUIREMENTS] = published[REQUIREMENTS] + [Record(0, 99, None, None, orjson.dumps(v)) for v in (altered, extra)]
+    topics[REQUIREMENTS] = published[REQUIREMENTS] + [TopicMessage(0, 99, None, None, orjson.dumps(v)) for v in (altered, extra)]
     calls = [r for r in published[CALLS] if orjson.loads(r.value)["account_id"] == first["account_id"]]
     topics[CALLS] = [r for r in published[CALLS] if r not in calls[:1]]
     report = run_replay(topics)
@@ -145,7 +146,7 @@ def test_offset_filters_select_whole_records():
 
 def test_bad_entries_of_one_record_get_distinct_dead_letter_ids():
     record = encode_record([b'{"source": 7}', b'{"source": 8}', encode_entry(TICKS, 0, 0, {"ts": "2026-04-02T00:00:00Z"})])
-    entries = log_entries([Record(0, 3, None, None, record)])
+    entries = log_entries([TopicMessage(0, 3, None, None, record)])
     assert [(p, o, i) for p, o, i, _e in entries] == [(0, 3, 0), (0, 3, 1), (0, 3, 2)]
     outputs = [out for _p, _o, out in replay([(0, 3, record)])]
     ids = [o.value["id"] for o in outputs]

@@ -14,14 +14,14 @@ import orjson
 import pytest
 from scipy import stats as sps
 
-from stream.audit.export import Record, write_export
-from stream.audit.inputs import as_records, route_offline
+from stream.audit.export import TopicMessage, write_export
 from stream.backtest import forecast, stats
 from stream.backtest.generate import GENERATORS, generate, write_panel
 from stream.backtest.panel import read_panel
 from stream.cli.main import main
 from stream.core import distribution, model
 from stream.core.topics import COLLATERAL, FILLS, LISTINGS, LOG, REQUIREMENTS, SETTLEMENTS, TICKS
+from stream.harness.offline import as_records, route_offline
 from stream.log.ordered_log import replay
 
 from .conftest import EXAMPLES, load_example
@@ -386,7 +386,7 @@ def _export(tmp_path: Path, messages: list[tuple[str, dict]], tamper=None) -> Pa
         published = [tamper(v) for v in published]
     directory = tmp_path / "export"
     write_export(directory, LOG, as_records(records))
-    write_export(directory, REQUIREMENTS, [Record(0, i, None, v["account_id"].encode(), orjson.dumps(v))
+    write_export(directory, REQUIREMENTS, [TopicMessage(0, i, None, v["account_id"].encode(), orjson.dumps(v))
                                           for i, v in enumerate(published)])
     return directory
 

@@ -15,7 +15,7 @@ from stream.core import model
 from stream.core.engine import apply
 from stream.core.errors import Rejected
 from stream.core.money import cents_to_decimal, cents_up
-from stream.core.records import Cause, parse
+from stream.core.messages import Cause, parse
 from stream.core.requirements import account_risk
 from stream.core.state import EngineState
 from stream.core.topics import CALLS, COLLATERAL, FILLS, FLASH, REQUIREMENTS, SETTLEMENTS, TICKS
@@ -322,7 +322,7 @@ def test_vectorised_fanout_equals_per_account_path(web):
 
 
 def test_fill_parse_rejects_undecodable():
-    from stream.core.records import parse_bytes
+    from stream.core.messages import parse_bytes
 
     with pytest.raises(Rejected) as info:
         parse_bytes(FILLS, b"\xff{not json")

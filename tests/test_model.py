@@ -16,7 +16,7 @@ from scipy import integrate, stats
 from stream.core import model
 from stream.core.errors import InvalidListing, Rejected
 from stream.core.model import Params
-from stream.core.records import parse_listing
+from stream.core.messages import parse_listing
 from stream.core.timeutil import parse_time_us
 
 from .conftest import TSLA

@@ -196,7 +196,7 @@ def test_a_malformed_entry_inside_a_record_does_not_stop_the_others():
 def test_the_dead_letter_of_a_huge_message_keeps_only_its_head():
     import base64
 
-    from stream.core.records import DEADLETTER_RAW_MAX_BYTES
+    from stream.core.messages import DEADLETTER_RAW_MAX_BYTES
 
     huge = b'{"ts": "' + "é".encode() * 150_000 + b'"}'  # 300,010 bytes, a 2-byte character at the cut
     _records, dead = route_batch([(TICKS, 0, 3, huge)], PARTITIONS, 65_536, 1_000_000)

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from stream.core import topics
 from stream.core.engine import apply
 from stream.core.errors import Rejected
-from stream.core.records import Cause, deadletter_record, parse, parse_bytes
+from stream.core.messages import Cause, deadletter_record, parse, parse_bytes
 from stream.core.state import EngineState
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"

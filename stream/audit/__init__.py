@@ -7,7 +7,7 @@ account's components, :func:`stream.core.requirements.account_risk`.
 
 Topics come either from the broker (:func:`stream.audit.inputs.read_broker`) or from an
 export directory written by :func:`stream.audit.export.write_export` (``DIR/<topic>.jsonl``,
-one message a line); both give the same :class:`stream.audit.export.Record` lists, so every
+one message a line); both give the same :class:`stream.audit.export.TopicMessage` lists, so every
 tool works on either. No faust import: the broker is read with plain aiokafka
 (:mod:`stream.kafka.clients`), lazily.
 """

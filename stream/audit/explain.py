@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from stream.audit.replay import time_or_none
+from stream.core.money import cents_to_decimal, cents_up, money_str
 from stream.core.requirements import account_risk
 from stream.core.state import EngineConfig, EngineState, Output
-from stream.core.money import cents_to_decimal, cents_up, money_str
 from stream.core.timeutil import format_time_us
 from stream.core.topics import (
     ACCOUNT_TOPICS,
@@ -26,7 +26,7 @@ from stream.core.topics import (
     SETTLEMENTS,
     TICKS,
 )
-from stream.log.ordered_log import Entry, apply_entry, entry_source
+from stream.log.ordered_log import LogEntry, apply_entry, entry_source
 
 EVENT_TIME_FIELD = {TICKS: "ts", FILLS: "ts", COLLATERAL: "ts", FLASH: "as_of", SETTLEMENTS: "ts", LISTINGS: "listing_time"}
 
@@ -38,7 +38,7 @@ def event_time_us(topic: str, value: dict) -> int | None:
     return time_or_none(value.get(name)) if name else None
 
 
-def account_partition(entries: list[tuple[int, int, int, Entry]], account_id: str) -> int | None:
+def account_partition(entries: list[LogEntry], account_id: str) -> int | None:
     """The log partition whose fill/collateral entries name the account."""
     for partition, _offset, _index, entry in entries:
         source = entry_source(entry)
@@ -47,7 +47,7 @@ def account_partition(entries: list[tuple[int, int, int, Entry]], account_id: st
     return None
 
 
-def cutoff_index(entries: list[tuple[int, int, int, Entry]], at_us: int | None) -> int:
+def cutoff_index(entries: list[LogEntry], at_us: int | None) -> int:
     """How many entries to apply: up to and including the last one whose event time is
     at or before ``at_us`` (all of them when ``at_us`` is None)."""
     if at_us is None:
@@ -106,7 +106,7 @@ def _account_outputs(outputs: list[Output], account_id: str, topic: str) -> list
     return mine
 
 
-def _held_contracts(entries: list[tuple[int, int, int, Entry]], account_id: str) -> set[str]:
+def _held_contracts(entries: list[LogEntry], account_id: str) -> set[str]:
     """Contracts the account's fills name (it held or holds them)."""
     held = set()
     for _p, _o, _i, entry in entries:
@@ -116,7 +116,7 @@ def _held_contracts(entries: list[tuple[int, int, int, Entry]], account_id: str)
     return held
 
 
-def replay_account(entries: list[tuple[int, int, int, Entry]], account_id: str,
+def replay_account(entries: list[LogEntry], account_id: str,
                    config: EngineConfig | None = None) -> tuple[EngineState, list[dict]]:
     """Apply the entries (one log partition, in order) to a fresh state; return the state
     and the chain of entries that concerned the account, with what each published for it."""
@@ -159,7 +159,7 @@ def contract_detail(contract: Any) -> dict:
     }
 
 
-def explain(entries_all: list[tuple[int, int, int, Entry]], account_id: str, at_us: int | None = None,
+def explain(entries_all: list[LogEntry], account_id: str, at_us: int | None = None,
             config: EngineConfig | None = None) -> dict:
     """Everything behind an account's margin at event time ``at_us`` (None: the whole log):
     IM, equity, every position component, the contract risk vectors and the chain of events.

@@ -11,7 +11,7 @@ import orjson
 
 
 @dataclass(frozen=True)
-class Record:
+class TopicMessage:
     """One message of a topic: where it is, and its raw key and value bytes."""
 
     partition: int
@@ -21,12 +21,12 @@ class Record:
     value: bytes | None
 
 
-def sort_records(records: Iterable[Record]) -> list[Record]:
-    """Records in (partition, offset) order: each partition's own order."""
+def sort_messages(records: Iterable[TopicMessage]) -> list[TopicMessage]:
+    """Messages in (partition, offset) order: each partition's own order."""
     return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
-def export_line(record: Record) -> bytes:
+def export_line(record: TopicMessage) -> bytes:
     """The export format of one record: partition, offset, timestamp, key (text or null),
     value (decoded JSON, or null plus ``value_b64`` when the bytes are not JSON)."""
     line: dict[str, Any] = {"partition": record.partition, "offset": record.offset, "timestamp": record.timestamp}
@@ -51,7 +51,7 @@ def _text_or_b64(raw: bytes | None) -> tuple[str | None, str | None]:
         return None, base64.b64encode(raw).decode("ascii")
 
 
-def parse_export_line(line: bytes) -> Record:
+def parse_export_line(line: bytes) -> TopicMessage:
     """Inverse of :func:`export_line` (a JSON value comes back as its compact JSON bytes)."""
     obj = orjson.loads(line)
     if "key_b64" in obj:
@@ -62,29 +62,29 @@ def parse_export_line(line: bytes) -> Record:
         value = base64.b64decode(obj["value_b64"])
     else:
         value = None if obj.get("value") is None else orjson.dumps(obj["value"])
-    return Record(int(obj["partition"]), int(obj["offset"]), obj.get("timestamp"), key, value)
+    return TopicMessage(int(obj["partition"]), int(obj["offset"]), obj.get("timestamp"), key, value)
 
 
 def export_path(directory: str | Path, topic: str) -> Path:
     return Path(directory) / f"{topic}.jsonl"
 
 
-def write_export(directory: str | Path, topic: str, records: Iterable[Record]) -> tuple[Path, int]:
+def write_export(directory: str | Path, topic: str, records: Iterable[TopicMessage]) -> tuple[Path, int]:
     """Write one topic to ``DIR/<topic>.jsonl`` in (partition, offset) order."""
     path = export_path(directory, topic)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with open(path, "wb") as out:
-        for record in sort_records(records):
+        for record in sort_messages(records):
             out.write(export_line(record) + b"\n")
             count += 1
     return path, count
 
 
-def read_export(directory: str | Path, topic: str) -> list[Record]:
+def read_export(directory: str | Path, topic: str) -> list[TopicMessage]:
     """One topic from an export directory; a missing file is an error naming it."""
     path = export_path(directory, topic)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no export of {topic} (run `kpimargin export {topic} --out {directory}`)")
     with open(path, "rb") as src:
-        return sort_records(parse_export_line(line) for line in src if line.strip())
+        return sort_messages(parse_export_line(line) for line in src if line.strip())

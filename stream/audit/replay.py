@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from stream.audit.export import Record
+from stream.audit.export import TopicMessage
 from stream.audit.inputs import log_entries
 from stream.audit.progress import Progress
 from stream.core.state import EngineConfig, EngineState
@@ -18,7 +18,7 @@ from stream.core.topics import (
     LOG,
     REQUIREMENTS,
 )
-from stream.log.ordered_log import Entry, apply_entry, entry_source
+from stream.log.ordered_log import LogEntry, apply_entry, entry_source
 
 COMPARED_TOPICS = (REQUIREMENTS, CALLS)
 
@@ -42,7 +42,7 @@ class Recomputation:
 
 
 def recompute(
-    entries: list[tuple[int, int, int, Entry]], config: EngineConfig | None = None, progress: Progress | None = None
+    entries: list[LogEntry], config: EngineConfig | None = None, progress: Progress | None = None
 ) -> Recomputation:
     """Replay the whole log, a fresh :class:`EngineState` per log partition, with
     :func:`apply_entry`; keep every requirement and call it publishes, by id."""
@@ -71,7 +71,7 @@ class Published:
     offset: int
 
 
-def published_by_id(topics: dict[str, list[Record]]) -> tuple[dict[str, list[Published]], list[Published]]:
+def published_by_id(topics: dict[str, list[TopicMessage]]) -> tuple[dict[str, list[Published]], list[Published]]:
     """Published requirements and calls by id, each distinct content once (at-least-once
     delivery repeats records; a repeat must be identical), plus records that are not JSON
     objects with an id (always mismatches)."""
@@ -173,7 +173,7 @@ class Selector:
     """Decides whether a record is compared under :class:`Filters`."""
 
     def __init__(self, filters: Filters, recomputation: Recomputation, published: dict[str, list[Published]],
-                 entries: list[tuple[int, int, int, Entry]]):
+                 entries: list[LogEntry]):
         self.filters = filters
         self.states = recomputation.states
         self.entries = entries
@@ -274,7 +274,7 @@ def compare(recomputation: Recomputation, published: dict[str, list[Published]],
     return compared, mismatches
 
 
-def run_replay(topics: dict[str, list[Record]], filters: Filters = Filters(), config: EngineConfig | None = None,
+def run_replay(topics: dict[str, list[TopicMessage]], filters: Filters = Filters(), config: EngineConfig | None = None,
                progress: Progress | None = None) -> ReplayReport:
     """Recompute every requirement and call from ``margin.log`` and compare them with the
     published ``margin.requirements`` and ``margin.calls``."""

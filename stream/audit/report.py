@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from stream.audit.export import Record
+from stream.audit.export import TopicMessage
 from stream.audit.replay import json_object
 from stream.core.timeutil import parse_time_us
 from stream.core.topics import (
@@ -14,7 +14,7 @@ from stream.core.topics import (
 )
 
 
-def account_history(topics: dict[str, list[Record]], account_id: str) -> tuple[list[dict], list[dict]]:
+def account_history(topics: dict[str, list[TopicMessage]], account_id: str) -> tuple[list[dict], list[dict]]:
     """The account's published requirements and calls, each id once, in publish order."""
     out = []
     for topic in (REQUIREMENTS, CALLS):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from stream.core.money import money_str
-from stream.core.records import Cause, record_id
+from stream.core.messages import Cause, record_id
 
 
 @dataclass

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
-if TYPE_CHECKING:
-    from stream.core.model import Params
+from stream.core.params import Params
 
-DRAW_CACHE_SIZE = 8  # sorted sample sets kept (see stream.core.model.MAX_MC_SAMPLES)
+DRAW_CACHE_SIZE = 8  # sorted sample sets kept (see stream.core.params.MAX_MC_SAMPLES)
 
 
 

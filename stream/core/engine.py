@@ -25,7 +25,7 @@ from __future__ import annotations
 from stream.core.errors import ContractSettled, DuplicateConflict, OutOfOrder, OutOfRange, UnknownContract
 from stream.core.money import ZERO
 from stream.core.positions import Position
-from stream.core.records import (
+from stream.core.messages import (
     Cause,
     Event,
     Fill,

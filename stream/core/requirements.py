@@ -13,7 +13,7 @@ from stream.core import model
 from stream.core.calls import next_call
 from stream.core.money import cents_to_decimal, cents_up, money_str
 from stream.core.positions import Position
-from stream.core.records import (
+from stream.core.messages import (
     Cause,
     record_id,
 )

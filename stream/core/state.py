@@ -20,7 +20,7 @@ from stream.core.calls import OpenCall
 from stream.core.model import RiskVector
 from stream.core.money import ZERO
 from stream.core.positions import Book, Position
-from stream.core.records import (
+from stream.core.messages import (
     Cause,
     Flash,
     Listing,

@@ -14,7 +14,7 @@ from stream.core.engine import apply
 from stream.core.errors import Rejected
 from stream.core.money import cents_to_decimal, cents_up, money_str
 from stream.core.positions import Book
-from stream.core.records import Cause, parse
+from stream.core.messages import Cause, parse
 from stream.core.requirements import account_risk
 from stream.core.state import ContractState, EngineConfig, EngineState
 from stream.core.timeutil import parse_time_us

@@ -26,13 +26,13 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import orjson
 
 from stream.core.engine import apply
 from stream.core.errors import Misrouted, Rejected, SchemaViolation, Undecodable
-from stream.core.records import Cause, Event, deadletter_record, decode, parse
+from stream.core.messages import Cause, Event, deadletter_record, decode, parse
 from stream.core.state import EngineState, Output, take_in
 from stream.core.topics import ACCOUNT_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
 from stream.log.partitioner import default_partition
@@ -246,10 +246,18 @@ def record_entries(raw: bytes | None) -> list[Any]:
     return obj["entries"]
 
 
-def expand(records: Iterable[tuple[int, int, bytes | None]]) -> list[tuple[int, int, int, Any]]:
-    """``(log partition, log offset, index in the record, entry)`` of every entry of the
-    records, in order."""
-    return [(p, o, i, entry) for p, o, raw in records for i, entry in enumerate(record_entries(raw))]
+class LogEntry(NamedTuple):
+    """One entry of ``margin.log``, where it stands."""
+
+    partition: int  # the log partition
+    offset: int  # the log record's offset
+    index: int  # the entry's index in its record
+    entry: Any  # the decoded entry (:data:`Entry`)
+
+
+def expand(records: Iterable[tuple[int, int, bytes | None]]) -> list[LogEntry]:
+    """Every entry of the log records ``(log partition, log offset, record bytes)``, in order."""
+    return [LogEntry(p, o, i, entry) for p, o, raw in records for i, entry in enumerate(record_entries(raw))]
 
 
 def entry_source(entry: Any) -> tuple[str, int, int, dict] | None:

@@ -46,10 +46,19 @@ log = logging.getLogger("kpimargin")
 
 
 @dataclass
+class SentLogRecord:
+    """One log record sent: its delivery, its log partition, the parsed inputs of its entries."""
+
+    delivery: asyncio.Future
+    partition: int
+    parsed: list[Parsed | None]
+
+
+@dataclass
 class InFlight:
     """One routed batch whose sends the broker has not acknowledged yet."""
 
-    log_records: list  # (future, log partition, Parsed inputs of its entries)
+    log_records: list[SentLogRecord]
 
 
 class PartitionCountError(Exception):
@@ -291,7 +300,7 @@ class Router:
         for record, parsed in records:
             future = await producer.send(self.log_name, None, record, p, None, None)
             future.add_done_callback(undelivered_log_record)
-            sent.append((future, p, parsed))
+            sent.append(SentLogRecord(future, p, parsed))
         self.stats.routed += len(released)
         self.stats.rejected += len(dead)
         await self.in_flight.put(InFlight(sent))
@@ -303,8 +312,9 @@ class Router:
         while True:
             batch: InFlight = await self.in_flight.get()
             try:
-                await confirm([f for f, _p, _parsed in batch.log_records], "log records")
-                if self.agent.handoff([(p, f.result().offset, parsed) for f, p, parsed in batch.log_records]):
+                await confirm([sent.delivery for sent in batch.log_records], "log records")
+                if self.agent.handoff([(sent.partition, sent.delivery.result().offset, sent.parsed)
+                                       for sent in batch.log_records]):
                     await self.agent.boundary()
             finally:
                 self.in_flight.task_done()

@@ -1,4 +1,5 @@
-"""Input messages (SPEC §4) parsed into typed, validated events, and the output records.
+"""Messages: the input messages (SPEC §4) parsed into typed, validated events, and what the
+output messages (requirement and call records) carry of their cause and id.
 
 ``decode`` turns bytes into a JSON object; ``parse(kind, obj)`` validates every field and
 returns a frozen event or raises a :class:`~stream.core.errors.Rejected` naming the field.
