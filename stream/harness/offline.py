@@ -4,25 +4,28 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import orjson
+
 from stream.audit.export import TopicMessage
-from stream.core.topics import ACCOUNT_TOPICS
-from stream.log.ordered_log import encode_entry, encode_record, home_partition
+from stream.log.ordered_log import encode_record, home_partition, route_input
 
 
 def route_offline(messages: Iterable[tuple[str, dict]], partitions: int) -> list[tuple[int, int, bytes]]:
-    """A ``margin.log`` built in memory from ``(topic, message)`` pairs, routed as the
-    router does (account events to their account's partition, from the input partition
-    their key gives; the others to every partition, from partition 0), one entry per
+    """A ``margin.log`` built in memory from ``(topic, message)`` pairs by the router's own
+    :func:`stream.log.ordered_log.route_input`, each message taken from the input partition
+    a producer keying as SPEC §4 says would give it (its account's, else 0), one entry per
     record. For tests and benchmarks; returns ``(log partition, log offset, record)`` in
-    log order."""
+    log order, and raises ``ValueError`` for a message the router would dead-letter."""
     source_offsets: dict[str, int] = {}
     log_offsets = [0] * partitions
     records = []
     for topic, message in messages:
         src_offset = source_offsets[topic] = source_offsets.get(topic, -1) + 1
-        home = home_partition(topic, message, partitions)
-        raw = encode_record([encode_entry(topic, home, src_offset, message)])
-        targets = [home] if topic in ACCOUNT_TOPICS else range(partitions)
+        targets, entry, rejected = route_input(topic, home_partition(topic, message, partitions), src_offset,
+                                               orjson.dumps(message), partitions, max_bytes=1 << 30)
+        if rejected is not None:
+            raise ValueError(f"{topic} message {src_offset}: the router rejects it ({rejected.value.get('reason')})")
+        raw = encode_record([entry])  # type: ignore[list-item]
         for p in targets:
             records.append((p, log_offsets[p], raw))
             log_offsets[p] += 1
