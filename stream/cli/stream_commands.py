@@ -55,13 +55,80 @@ def cmd_broker(args: argparse.Namespace) -> int:
     if given:
         print(f"kpimargin broker: {', '.join(given)} only with --engine kafka", file=sys.stderr)
         return 2
-    from stream.kafka.tansu import broker_command
+    return _run_embedded_broker(9092 if args.port is None else args.port)
 
-    port = 9092 if args.port is None else args.port
-    command = broker_command(port)
-    print(f"kpimargin: embedded Kafka-protocol broker (Tansu, memory storage) on 127.0.0.1:{port}", file=sys.stderr)
-    os.execv(command[0], command)
-    return 0  # pragma: no cover
+
+def _run_embedded_broker(port: int) -> int:
+    """``kpimargin broker``: Tansu as a child process. The port is checked first (taken: one
+    line, exit 1); one line on stdout once the broker answers on it (as with ``--engine
+    kafka``); Tansu's own warnings follow on stderr; SIGINT/SIGTERM stop it (exit 0);
+    Tansu exiting by itself is one line, exit 1."""
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    from stream.kafka.tansu import broker_command, port_in_use
+
+    host = "127.0.0.1"
+    if not 1 <= port <= 65535:
+        print(f"kpimargin broker: --port {port} is not a TCP port (1-65535)", file=sys.stderr)
+        return 2
+    if port_in_use(port, host):
+        print(f"kpimargin broker: {host}:{port} is already in use (another broker?); choose another with --port",
+              file=sys.stderr)
+        return 1
+    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+    proc = subprocess.Popen(broker_command(port, host), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    ready = threading.Event()
+    early: list[str] = []  # Tansu's output before it answered: shown only if it fails
+
+    def relay() -> None:
+        for raw in proc.stdout:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace").rstrip()
+            if ready.is_set():
+                print(line, file=sys.stderr, flush=True)
+            elif line:
+                early.append(line)
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    stopped = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stopped.set()
+        proc.terminate()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    deadline = time.monotonic() + 20.0
+    while not ready.is_set():
+        if proc.poll() is not None or stopped.is_set() or time.monotonic() > deadline:
+            break
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                ready.set()
+        except OSError:
+            time.sleep(0.05)
+    if not ready.is_set():
+        if proc.poll() is None:
+            proc.terminate()
+        code = proc.wait()
+        reader.join(timeout=2)
+        if stopped.is_set():
+            return 0
+        why = next((line for line in reversed(early) if "panicked" in line or "rror" in line), early[-1] if early else "")
+        print(f"kpimargin broker: Tansu did not answer on {host}:{port} (exit status {code})"
+              + (f": {why}" if why else ""), file=sys.stderr)
+        return 1
+    print(f"kpimargin broker: embedded Kafka-protocol broker (Tansu, memory storage), bootstrap {host}:{port}; "
+          "Ctrl-C stops it", flush=True)
+    code = proc.wait()
+    reader.join(timeout=2)
+    if stopped.is_set():
+        return 0
+    print(f"kpimargin broker: Tansu exited (status {code})", file=sys.stderr)
+    return 1
 
 
 class _Stop(Exception):
@@ -90,6 +157,14 @@ def _run_kafka_broker(args: argparse.Namespace) -> int:
     if reason:
         print(f"kpimargin broker: {reason}", file=sys.stderr)
         return 2
+    if args.port is not None:
+        from stream.kafka.tansu import port_in_use
+
+        taken = [p for p in range(port, port + 2 * nodes) if port_in_use(p)]
+        if taken:
+            print(f"kpimargin broker: 127.0.0.1:{taken[0]} is already in use (another broker?); the {nodes}-node "
+                  f"cluster needs ports {port}-{port + 2 * nodes - 1}; choose another with --port", file=sys.stderr)
+            return 1
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the readiness polls' retries are not news
     stopping = threading.Event()
     starting = True
