@@ -43,6 +43,10 @@ class Settings:
         "KPIMARGIN_REQUEST_TIMEOUT_S", 30.0,
         "How long a broker request (send, fetch, commit) may take before it fails; an undelivered send stops the worker, and a restart resumes from the last durable state.",
     )
+    connect_timeout_s: float = setting(
+        "KPIMARGIN_CONNECT_TIMEOUT_S", 10.0,
+        "How long a command waits for the bootstrap servers to answer before it fails with one line (status 1).",
+    )
     router_batch_max: int = setting(
         "KPIMARGIN_ROUTER_BATCH_MAX", 2000, "Most input messages the router forwards per fetch (one margin.log record per log partition per fetch)."
     )
@@ -110,8 +114,9 @@ class Settings:
                              "(a log entry re-encodes one input message)")
         if not 1024 <= self.producer_batch_bytes <= 1_048_576:
             raise ValueError("KPIMARGIN_PRODUCER_BATCH_BYTES must be within 1024 and 1048576 (a broker's default message size limit)")
-        if self.request_timeout_s <= 0 or self.stall_timeout_s <= 0:
-            raise ValueError("KPIMARGIN_REQUEST_TIMEOUT_S and KPIMARGIN_STALL_TIMEOUT_S must be positive")
+        if self.request_timeout_s <= 0 or self.stall_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError("KPIMARGIN_REQUEST_TIMEOUT_S, KPIMARGIN_STALL_TIMEOUT_S and KPIMARGIN_CONNECT_TIMEOUT_S "
+                             "must be positive")
         if self.max_idle_ms < 0:
             raise ValueError("KPIMARGIN_MAX_IDLE_MS must be 0 or a number of milliseconds")
         if self.dedup_horizon_s < 0:

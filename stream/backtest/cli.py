@@ -188,6 +188,13 @@ def run_from_log(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
     except ValueError as exc:
         raise Usage(str(exc)) from None
+    if not args.dir:
+        import asyncio
+
+        from stream.kafka.clients import check_broker, check_topics
+
+        asyncio.run(check_broker(settings))  # BrokerUnavailable: one line, status 1 (stream.cli.main)
+        asyncio.run(check_topics(settings, [LOG, REQUIREMENTS]))  # MissingTopic: one line, status 2
     try:
         topics = load_topics([LOG, REQUIREMENTS], args.dir, None if args.dir else settings)
     except (OSError, ValueError) as exc:

@@ -23,6 +23,7 @@ from stream.core.topics import CALLS, REQUIREMENTS
 from stream.harness.processes import start_worker_process, stop_process
 from stream.harness.scenario import is_final, load_scenario, publish_phases, scenario_accounts, wait_until
 from stream.kafka.clients import ensure_topics, read_topic
+from stream.kafka.clients import check_broker
 from stream.settings import Settings
 
 HEADER = f"{'as of':<21} {'account':<8} {'status':<10} {'shortfall':>12} {'IM':>12} {'equity':>12}  cause"
@@ -88,6 +89,7 @@ def run_demo(quiet: bool = False) -> int:
         settings = replace(settings, bootstrap_servers=broker.bootstrap)
         print(f"embedded broker (Tansu, memory storage) on {broker.bootstrap}", flush=True)
     else:
+        asyncio.run(check_broker(settings))  # BrokerUnavailable: one line, status 1 (stream.cli.main)
         settings = replace(settings, topic_prefix=settings.topic_prefix or f"demo-{int(time.time())}-",
                            app_id=f"{settings.app_id}-demo-{int(time.time())}")
         print(f"using Kafka at {settings.bootstrap_servers} (topic prefix {settings.topic_prefix})", flush=True)

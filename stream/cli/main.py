@@ -6,6 +6,7 @@ Core commands (``whatif``) import no Kafka code; streaming commands import it la
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kpimargin",
         description="Streaming initial-margin processor for bounded KPI futures.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="let a failure's Python traceback through (also KPIMARGIN_LOG_LEVEL=debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("whatif", help="pre-trade margin of a set of fills, on files, no Kafka")
@@ -69,7 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debugging(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("KPIMARGIN_LOG_LEVEL", "").lower() == "debug"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Whatever it fails on reaches the user as one line naming the
+    command, with status 1 (2 for settings that are wrong on their face); ``--debug`` or
+    ``KPIMARGIN_LOG_LEVEL=debug`` lets the traceback through instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    name = f"kpimargin {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - one line for the user, never a traceback
+        if _debugging(args):
+            raise
+        from stream.kafka.clients import BrokerUnavailable, ConnectionConfigError, MissingTopic
+
+        if isinstance(exc, (ConnectionConfigError, MissingTopic)):
+            print(f"{name}: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, BrokerUnavailable):
+            print(f"{name}: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, OSError):
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            print(f"{name}: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"{name}: {type(exc).__name__}: {exc} (--debug shows where)", file=sys.stderr)
+        return 1

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import orjson
 
@@ -31,12 +32,25 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def _connected(reads: Iterable[str] = ()) -> Settings:
+    """The settings, once a broker of their bootstrap list answered (else
+    :class:`stream.kafka.clients.BrokerUnavailable`: one line, status 1, from ``main``) and
+    the topics the command ``reads`` exist (else :class:`stream.kafka.clients.MissingTopic`)."""
+    from stream.kafka.clients import check_broker, check_topics
+
+    settings = _settings()
+    asyncio.run(check_broker(settings))
+    if reads:
+        asyncio.run(check_topics(settings, reads))
+    return settings
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from stream.kafka.clients import ensure_topics
     from stream.worker.app import run_worker
     from stream.worker.router import PartitionCountError, check_copartitioned
 
-    settings = _settings()
+    settings = _connected()
     asyncio.run(ensure_topics(settings))
     try:
         asyncio.run(check_copartitioned(settings))
@@ -214,7 +228,7 @@ def _run_kafka_broker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from stream.kafka.clients import all_topics, ensure_topics
 
-    settings = _settings()
+    settings = _connected()
     asyncio.run(ensure_topics(settings))
     for name in all_topics(settings):
         print(name)
@@ -224,12 +238,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from stream.kafka.clients import publish
 
-    settings = _settings()
     try:
         lines = Path(args.file).read_bytes().splitlines()
     except OSError as exc:
         print(f"kpimargin publish: {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
+    settings = _connected()
     count = len(asyncio.run(publish(settings, args.topic, lines)))
     print(f"published {count} messages to {settings.topic(args.topic)}", file=sys.stderr)
     return 0
@@ -238,7 +252,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_consume(args: argparse.Namespace) -> int:
     from stream.kafka.clients import read_topic
 
-    settings = _settings()
+    settings = _connected(reads=[args.topic])
 
     async def run() -> None:
         out = sys.stdout.buffer
@@ -351,7 +365,7 @@ def _audit_topics(topics: list[str], directory: str | None, command: str) -> dic
     from stream.audit.inputs import load_topics
 
     try:
-        return load_topics(topics, directory, None if directory else _settings())
+        return load_topics(topics, directory, None if directory else _connected(reads=topics))
     except (OSError, ValueError) as exc:
         print(f"kpimargin {command}: {exc}", file=sys.stderr)
         return None
@@ -425,8 +439,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from stream.audit.export import write_export
     from stream.audit.inputs import read_broker
 
-    settings = _settings()
     topics = list(dict.fromkeys(args.topics))
+    settings = _connected(reads=topics)
     records = asyncio.run(read_broker(settings, topics))
     for topic in topics:
         path, count = write_export(args.out, topic, records[topic])

@@ -4,6 +4,7 @@ creation, publishing files and consuming topics."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from typing import AsyncIterator, Callable, Iterable
@@ -17,13 +18,88 @@ from stream.settings import Settings
 from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS, REQUIREMENTS, TICKS
 
 
+class BrokerUnavailable(Exception):
+    """No broker of the bootstrap list answered in time, or it refused this client (a
+    command exits 1 with this one line)."""
+
+
+class ConnectionConfigError(Exception):
+    """The connection settings are wrong on their face, e.g. a TLS file that cannot be
+    read (a command exits 2 with this one line)."""
+
+
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the SSL protocols; :class:`ConnectionConfigError` names the
+    setting whose file cannot be used."""
     if "SSL" not in settings.security_protocol:
         return None
-    context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    try:
+        context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionConfigError(f"KAFKA_SSL_CAFILE={settings.ssl_cafile}: {_reason(exc)}") from None
     if settings.ssl_certfile:
-        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+        try:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectionConfigError(f"KAFKA_SSL_CERTFILE={settings.ssl_certfile} (key "
+                                        f"{settings.ssl_keyfile or 'in the same file'}): {_reason(exc)}") from None
     return context
+
+
+class MissingTopic(Exception):
+    """A topic a command reads does not exist (a command exits 2 with this one line)."""
+
+
+async def check_topics(settings: Settings, topics: Iterable[str]) -> None:
+    """Raise :class:`MissingTopic` naming the first of these (logical) topics that does not
+    exist, the prefix in force, and the processor topics the cluster does have (under any
+    prefix: the one meant is usually among them)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(settings.connect_timeout_s * 1000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    missing = [t for t in topics if settings.topic(t) not in existing]
+    if missing:
+        ours = sorted(name for name in existing if name.endswith(tuple(all_topics(Settings()))))
+        shown = ", ".join(ours[:12]) + (f" and {len(ours) - 12} more" if len(ours) > 12 else "")
+        raise MissingTopic(f"topic {settings.topic(missing[0])} does not exist at {settings.bootstrap} "
+                           f"(KPIMARGIN_TOPIC_PREFIX={settings.topic_prefix!r}); processor topics there: "
+                           + (shown or "none"))
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+
+
+async def check_broker(settings: Settings) -> None:
+    """Raise :class:`BrokerUnavailable` (naming the bootstrap servers and what went wrong)
+    unless a broker of the list answers a metadata request, with the security settings,
+    within ``KPIMARGIN_CONNECT_TIMEOUT_S``. Every command that talks to a broker asks this
+    first, so that it fails in bounded time with one line instead of retrying."""
+    from aiokafka import AIOKafkaClient
+
+    timeout_s = settings.connect_timeout_s
+    client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
+    where = f"the Kafka bootstrap servers {settings.bootstrap} ({settings.security_protocol})"
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its "Unable connect" lines: the one line below says it
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+    except asyncio.TimeoutError:
+        raise BrokerUnavailable(f"{where} did not answer within {timeout_s:g} s (KPIMARGIN_CONNECT_TIMEOUT_S)") from None
+    except KafkaError as exc:
+        text = str(exc)
+        if "Unable to bootstrap" in text:
+            text = "no broker answered (is one running there? KAFKA_BOOTSTRAP_SERVERS)"
+        raise BrokerUnavailable(f"{where}: {text}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerUnavailable(f"{where}: {_reason(exc)}") from None
+    finally:
+        await client.close()
+        quiet.setLevel(level)
 
 
 def client_kwargs(settings: Settings) -> dict:
