@@ -76,29 +76,40 @@ def _reason(exc: BaseException) -> str:
 async def check_broker(settings: Settings) -> None:
     """Raise :class:`BrokerUnavailable` (naming the bootstrap servers and what went wrong)
     unless a broker of the list answers a metadata request, with the security settings,
-    within ``KPIMARGIN_CONNECT_TIMEOUT_S``. Every command that talks to a broker asks this
-    first, so that it fails in bounded time with one line instead of retrying."""
+    within ``KPIMARGIN_CONNECT_TIMEOUT_S`` (a refused connection is tried again until then:
+    a broker may be starting). Every command that talks to a broker asks this first, so
+    that it fails in bounded time with one line instead of retrying for ever."""
     from aiokafka import AIOKafkaClient
 
     timeout_s = settings.connect_timeout_s
-    client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
+    deadline = time.monotonic() + timeout_s
     where = f"the Kafka bootstrap servers {settings.bootstrap} ({settings.security_protocol})"
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # its "Unable connect" lines: the one line below says it
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout_s)
-    except asyncio.TimeoutError:
-        raise BrokerUnavailable(f"{where} did not answer within {timeout_s:g} s (KPIMARGIN_CONNECT_TIMEOUT_S)") from None
-    except KafkaError as exc:
-        text = str(exc)
-        if "Unable to bootstrap" in text:
-            text = "no broker answered (is one running there? KAFKA_BOOTSTRAP_SERVERS)"
-        raise BrokerUnavailable(f"{where}: {text}") from None
-    except (OSError, ssl.SSLError) as exc:
-        raise BrokerUnavailable(f"{where}: {_reason(exc)}") from None
+        while True:
+            left = deadline - time.monotonic()
+            client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=max(1, int(left * 1000)))
+            try:
+                await asyncio.wait_for(client.bootstrap(), max(left, 0.001))
+                return
+            except asyncio.TimeoutError:
+                raise BrokerUnavailable(f"{where} did not answer within {timeout_s:g} s "
+                                        "(KPIMARGIN_CONNECT_TIMEOUT_S)") from None
+            except KafkaError as exc:
+                text = str(exc)
+                if "Unable to bootstrap" not in text:
+                    raise BrokerUnavailable(f"{where}: {text}") from None
+                if time.monotonic() + 0.5 >= deadline:
+                    raise BrokerUnavailable(f"{where}: no broker answered within {timeout_s:g} s (is one running "
+                                            "there? KAFKA_BOOTSTRAP_SERVERS, KPIMARGIN_CONNECT_TIMEOUT_S)") from None
+            except (OSError, ssl.SSLError) as exc:
+                raise BrokerUnavailable(f"{where}: {_reason(exc)}") from None
+            finally:
+                await client.close()
+            await asyncio.sleep(0.5)
     finally:
-        await client.close()
         quiet.setLevel(level)
 
 
