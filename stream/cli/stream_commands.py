@@ -276,7 +276,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.cli.demo import run_demo
 
-    return run_demo(quiet=args.quiet)
+    return run_demo(quiet=args.quiet, export_dir=args.export)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -320,6 +320,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="embedded broker + worker + the shipped scenario; prints margin calls",
                        epilog=settings_help(), formatter_class=fmt)
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--export", metavar="DIR", help="write every topic of the run to DIR (kpimargin export's format) "
+                   "before stopping, for replay/explain/report/backtest --from-log --dir DIR")
     p.set_defaults(func=cmd_demo)
 
     source_help = "read the topics from this export directory (kpimargin export) instead of the broker"

@@ -77,14 +77,17 @@ async def wait_until(predicate, timeout_s: float, what: str, interval_s: float =
 
 
 async def publish_phases(settings: Settings, phases: list[dict], on_phase=None, timeout_s: float = 60.0,
-                         after_publish=None) -> None:
+                         after_publish=None, on_published=None) -> None:
     """Publish phase by phase; before the next one, wait until the log holds this one, so
-    the order of the log -- and so every output -- is the same on every run."""
+    the order of the log -- and so every output -- is the same on every run.
+    ``on_published(positions)`` gets each phase's ``(partition, offset)`` list."""
     async with LogIndex(settings) as log:
         for phase in phases:
             if on_phase:
                 on_phase(phase)
             positions = await publish(settings, phase["topic"], [orjson.dumps(m) for m in phase["messages"]])
+            if on_published:
+                await on_published(positions)
             if after_publish:
                 await after_publish(phase)
             await wait_until(lambda: log.holds(phase["topic"], positions, settings.partitions), timeout_s,
