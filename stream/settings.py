@@ -1,7 +1,7 @@
 """One typed settings object, read from environment variables with documented defaults.
 
 Every field names its variable; ``kpimargin --help`` shows them as ``[env: VAR]`` and the
-README has the same table (a test keeps the two in step).
+``docs/settings.md`` has the same table (a test keeps the two in step).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class Settings:
 
     @classmethod
     def documentation(cls) -> list[tuple[str, str, str]]:
-        """(variable, default, meaning) rows, for the CLI help and the README."""
+        """(variable, default, meaning) rows, for the CLI help and ``docs/settings.md``."""
         return [(f.metadata["env"], _render(f.default), f.metadata["help"]) for f in fields(cls)]
 
 

@@ -1,4 +1,4 @@
-"""The settings object: environment parsing, the README table, the CLI help, security wiring."""
+"""The settings object: environment parsing, the table in docs/settings.md, the CLI help, security wiring."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from stream.settings import Settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
 
 def test_defaults_and_environment():
@@ -48,7 +48,7 @@ def test_readme_table_matches_the_settings():
     rows = re.findall(r"^\| `([A-Z_]+)` \| (.+?) \| (.+?) \|$", README.read_text(), flags=re.M)
     documented = {env: (default, meaning) for env, default, meaning in rows}
     for env, default, meaning in Settings.documentation():
-        assert env in documented, f"{env} missing from the README table"
+        assert env in documented, f"{env} missing from the table in docs/settings.md"
         shown, text = documented[env]
         assert shown == (f"`{default}`" if default else "(unset)"), env
         assert text == meaning, env

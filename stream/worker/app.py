@@ -5,7 +5,7 @@ One worker runs three tasks: the router (:mod:`stream.worker.router`: input topi
 ``margin.log``, one task per log partition this worker owns), the log agent
 (:mod:`stream.worker.agent`: ``margin.log`` -> live engine state -> outputs) and the persister
 (:mod:`stream.worker.persister`: outputs acknowledged -> state rows -> ``meta``). The
-delivery guarantee they give together is described in the README ("Delivery guarantee").
+delivery guarantee they give together is described in ``docs/delivery.md``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The persister: makes the engine agent's batches durable, in order, without holding it up.
 
-The protocol it implements is described once, in the README ("Delivery guarantee"); the
+The protocol it implements is described once, in ``docs/delivery.md``; the
 row format it writes in :mod:`stream.worker.durable`. :class:`Persister` depends only on a
 :class:`RowStore` (the table's local store) and a :class:`Changelog` (the table's changelog
 topic), so that it can be run -- and crashed anywhere -- on its own

@@ -109,7 +109,7 @@ async def last_positions(settings: Settings, p: int) -> dict[tuple[str, int], in
                 positions = record_positions(records[-1].value)
                 if positions is None:
                     raise RuntimeError(f"{name}[{p}] offset {records[-1].offset} has no router positions: a log "
-                                       "written by an older version (README, 'Migrating from a crc32-partitioned log')")
+                                       "written by an older version (docs/delivery.md, 'Migrating from a crc32-partitioned log')")
                 return positions
         raise RuntimeError(f"{name}[{p}]: its last record (offset {end - 1}) could not be read")
     finally:
