@@ -101,3 +101,23 @@ class Driver:
 @pytest.fixture
 def driver() -> Driver:
     return Driver()
+
+
+# --------------------------------------------------------------------------- the run's summary
+_SUMMARY = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def summary(request):
+    """``summary(text)``: a line for the end of the run (pytest's terminal summary, after
+    the progress lines) -- what a fault or corpus test measured."""
+    lines = request.config.stash.setdefault(_SUMMARY, [])
+    return lambda text: lines.append(f"{request.node.nodeid}: {text.strip()}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(_SUMMARY, [])
+    if lines:
+        terminalreporter.section("what the fault and corpus tests measured")
+        for line in lines:
+            terminalreporter.write_line(line)

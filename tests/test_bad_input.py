@@ -128,12 +128,10 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_changes_nothing(i
     assert good and good[0].topic != DEADLETTER
 
 
-def test_corpus_counts(capsys):
+def test_corpus_counts(summary):
     counts = Counter((item["topic"], item["reason"]) for item in CORPUS)
-    with capsys.disabled():
-        print(f"\nbad-input corpus: {len(CORPUS)} messages, {len({r for _, r in counts})} reasons, {len(INPUT_TOPICS)} topics")
-        for (topic, reason), n in sorted(counts.items()):
-            print(f"  {topic:<22} {reason:<28} {n}")
+    summary(f"bad-input corpus: {len(CORPUS)} messages, {len({r for _, r in counts})} reasons, {len(INPUT_TOPICS)} topics: "
+            + ", ".join(f"{topic} {reason} {n}" for (topic, reason), n in sorted(counts.items())))
 
 
 # --------------------------------------------------------------------------- generated

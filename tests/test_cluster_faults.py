@@ -141,7 +141,7 @@ def settle_supervised(cluster: Cluster, codes: list[int], timeout_s: float = 300
                 raise
 
 
-def run_through_fault(kafka, tmp_path, capsys, name: str, steps) -> None:
+def run_through_fault(kafka, tmp_path, summary, name: str, steps) -> None:
     settings = fresh_settings(kafka.bootstrap, tmp_path, batch_max=20, replication_factor=3,
                               request_timeout_s=REQUEST_TIMEOUT_S)
     cluster = Cluster(settings, tmp_path)
@@ -162,15 +162,14 @@ def run_through_fault(kafka, tmp_path, capsys, name: str, steps) -> None:
         counts = check_outcome(cluster, outputs)
     finally:
         cluster.stop()
-    with capsys.disabled():
-        print(f"\n{name}: {counts['inputs']} input events, {counts['log_entries']} log entries in "
+    summary(f"{name}: {counts['inputs']} input events, {counts['log_entries']} log entries in "
               f"{counts['log_records']} records, faults {timeline.log}, {len(codes)} worker(s) stopped "
               f"(exit {sorted(set(codes))}) and replaced, {cluster.started} worker starts, {counts['records']} "
               f"distinct records published ({breakdown(outputs)}), replay: {counts['mismatches']} mismatches")
     assert set(codes) <= {EXIT_FAILED}, f"a worker stopped other than by its own rules: {codes}\n{cluster.logs()}"
 
 
-def test_killing_the_log_leader_loses_nothing(kafka, tmp_path, capsys):
+def test_killing_the_log_leader_loses_nothing(kafka, tmp_path, summary):
     def steps(kafka, settings):
         victim = []
 
@@ -181,10 +180,10 @@ def test_killing_the_log_leader_loses_nothing(kafka, tmp_path, capsys):
         return [(3, 4, "SIGKILL the log leader", kill),
                 (7, PIECES + 1, "restart it", lambda: (kafka.restart(victim[0]), kafka.wait_in_sync()))]
 
-    run_through_fault(kafka, tmp_path, capsys, "leader_killed", steps)
+    run_through_fault(kafka, tmp_path, summary, "leader_killed", steps)
 
 
-def test_a_frozen_broker_loses_nothing(kafka, tmp_path, capsys):
+def test_a_frozen_broker_loses_nothing(kafka, tmp_path, summary):
     def steps(kafka, settings):
         victim = []
 
@@ -199,14 +198,14 @@ def test_a_frozen_broker_loses_nothing(kafka, tmp_path, capsys):
 
         return [(3, 4, "SIGSTOP the log leader", freeze), (4, PIECES + 1, f"SIGCONT it after {FROZEN_S:.0f} s", thaw)]
 
-    run_through_fault(kafka, tmp_path, capsys, "broker_frozen", steps)
+    run_through_fault(kafka, tmp_path, summary, "broker_frozen", steps)
 
 
-def test_a_rolling_restart_loses_nothing(kafka, tmp_path, capsys):
+def test_a_rolling_restart_loses_nothing(kafka, tmp_path, summary):
     def steps(kafka, settings):
         def restart(node):
             return lambda: (kafka.restart(node), kafka.wait_in_sync())
 
         return [(2 + 3 * i, 5 + 3 * i, f"restart node {node}", restart(node)) for i, node in enumerate(kafka.node_ids)]
 
-    run_through_fault(kafka, tmp_path, capsys, "rolling_restart", steps)
+    run_through_fault(kafka, tmp_path, summary, "rolling_restart", steps)

@@ -139,7 +139,7 @@ def storm(cluster: Cluster, pieces: list, kills: int, rnd: random.Random) -> dic
     return done
 
 
-def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys, broker):
+def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, summary, broker):
     phases = scenario(EVENTS)
     pieces = chunked(phases, KILLS)
     cluster = Cluster(fresh_settings(broker, tmp_path, batch_max=20), tmp_path)
@@ -151,8 +151,7 @@ def test_crash_storm_loses_nothing_and_applies_nothing_twice(tmp_path, capsys, b
     finally:
         cluster.stop()
     published = sum(len(p["messages"]) for p in phases)
-    with capsys.disabled():
-        print(f"\ncrash test: {published} input events, {counts['log_entries']} log entries in {counts['log_records']} "
+    summary(f"crash test: {published} input events, {counts['log_entries']} log entries in {counts['log_records']} "
               f"records, kills {kills} ({sum(kills.values())} in all, {cluster.started} worker starts), "
               f"{len(outputs)} distinct records published ({breakdown(outputs)}), {counts['replayed']} recomputed by "
               f"replay; replay tool: {counts['mismatches']} mismatches")

@@ -79,7 +79,7 @@ def stopped(pid: int) -> bool:
     return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "Tt"
 
 
-def freeze_and_thaw(bootstrap: str, tmp_path, capsys, point: str, name: str, **overrides) -> None:
+def freeze_and_thaw(bootstrap: str, tmp_path, summary, point: str, name: str, **overrides) -> None:
     settings = fresh_settings(bootstrap, tmp_path, batch_max=20, **overrides)
     cluster = Cluster(settings, tmp_path)
     pieces = chunked(scenario(EVENTS), PIECES)
@@ -119,8 +119,7 @@ def freeze_and_thaw(bootstrap: str, tmp_path, capsys, point: str, name: str, **o
         cluster.stop()
     rebuilds = sum(log.read_text(errors="replace").count("rebuilding from margin.log")
                    for log in tmp_path.glob("worker-*.log"))
-    with capsys.disabled():
-        print(f"\n{name}: {counts['inputs']} input events, {counts['log_entries']} log entries in "
+    summary(f"{name}: {counts['inputs']} input events, {counts['log_entries']} log entries in "
               f"{counts['log_records']} records; frozen at {point} {marks['frozen']:.1f} s in (after {marks['pieces']} of "
               f"{PIECES} pieces), replaced "
               f"{marks['taken_over'] - marks['frozen']:.1f} s later, thawed at {marks['thawed']:.1f} s; "
@@ -132,8 +131,8 @@ def freeze_and_thaw(bootstrap: str, tmp_path, capsys, point: str, name: str, **o
 POINTS = ["in_apply", "mid_rows", "after_rows"]
 
 @pytest.mark.parametrize("point", POINTS)
-def test_a_frozen_worker_corrupts_nothing(broker, tmp_path, capsys, point):
-    freeze_and_thaw(broker, tmp_path, capsys, point, f"freeze {point}")
+def test_a_frozen_worker_corrupts_nothing(broker, tmp_path, summary, point):
+    freeze_and_thaw(broker, tmp_path, summary, point, f"freeze {point}")
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +141,13 @@ def three_nodes():
         yield cluster
 
 
-def test_a_frozen_worker_corrupts_nothing_on_three_nodes(three_nodes, tmp_path, capsys):
+def test_a_frozen_worker_corrupts_nothing_on_three_nodes(three_nodes, tmp_path, summary):
     three_nodes.wait_in_sync()
-    freeze_and_thaw(three_nodes.bootstrap, tmp_path, capsys, "after_rows", "freeze after_rows, 3 nodes",
+    freeze_and_thaw(three_nodes.bootstrap, tmp_path, summary, "after_rows", "freeze after_rows, 3 nodes",
                     replication_factor=3)
 
 
-def test_a_changelog_row_no_writer_held_is_rebuilt_from_the_log(broker, tmp_path, capsys):
+def test_a_changelog_row_no_writer_held_is_rebuilt_from_the_log(broker, tmp_path, summary):
     """The repair itself, deterministically: with the worker stopped, an account row of
     one partition is overwritten in the changelog by a value no worker held (what a
     zombie's late row is); the next worker to load that partition finds the digest of its
@@ -193,6 +192,5 @@ def test_a_changelog_row_no_writer_held_is_rebuilt_from_the_log(broker, tmp_path
     logs = "".join(log.read_text(errors="replace") for log in tmp_path.glob("worker-*.log"))
     assert f"partition {p}: the changelog's rows do not match the digest" in logs
     assert f"partition {p}: state rebuilt from" in logs
-    with capsys.disabled():
-        print(f"\nforged changelog row {p}|{key}: rebuilt from the log; {counts['inputs']} inputs, "
+    summary(f"forged changelog row {p}|{key}: rebuilt from the log; {counts['inputs']} inputs, "
               f"{counts['records']} records, replay: {counts['mismatches']} mismatches")

@@ -57,8 +57,8 @@ def test_readme_table_matches_the_settings():
 
 def test_cli_help_shows_env_vars():
     out = subprocess.run([sys.executable, "-m", "stream", "worker", "--help"], capture_output=True, text=True, check=True).stdout
-    for env, _, _ in Settings.documentation():
-        assert f"[env: {env}]" in out
+    for env, default, _ in Settings.documentation():
+        assert f"  {env} ({default or 'unset'}):" in out
 
 
 def test_security_settings_reach_the_kafka_clients(tmp_path):

@@ -18,9 +18,16 @@ from stream.settings import Settings
 
 
 def settings_help() -> str:
-    lines = ["settings (environment variables):"]
-    for env, default, meaning in Settings.documentation():
-        lines.append(f"  {meaning} [env: {env}] (default: {default or 'unset'})")
+    """The settings as ``VAR (default): meaning``, the meanings aligned and wrapped."""
+    import textwrap
+
+    rows = [(f"{env} ({default or 'unset'})", meaning) for env, default, meaning in Settings.documentation()]
+    width = max(len(name) for name, _ in rows) + 2
+    lines = ["settings (environment variables, VAR (default): meaning):"]
+    for name, meaning in rows:
+        wrapped = textwrap.wrap(meaning, width=max(40, 118 - width)) or [""]
+        lines.append(f"  {name + ':':<{width}}{wrapped[0]}")
+        lines += [" " * (width + 2) + more for more in wrapped[1:]]
     return "\n".join(lines)
 
 
