@@ -311,10 +311,11 @@ def format_mismatch(number: int, m: Mismatch) -> list[str]:
     return lines
 
 
-def format_report(report: ReplayReport, show: int = 3) -> str:
-    """The replay summary: what was read, compared and found."""
+def format_report(report: ReplayReport, show: int = 3, source: str = LOG) -> str:
+    """The replay summary: what was read (``source``: the log, or the input topics it was
+    rebuilt from), compared and found."""
     lines = [
-        f"log entries read:    {report.entries:,} in {report.records:,} records ({report.partitions} partition(s) of {LOG})",
+        f"log entries read:    {report.entries:,} in {report.records:,} records ({report.partitions} partition(s) of {source})",
         f"published records:   {report.published:,} ({REQUIREMENTS} + {CALLS})",
         f"recomputed records:  {report.recomputed:,}",
         f"records compared:    {report.compared:,}",

@@ -420,7 +420,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if topics is None:
             return 2
     report = run_replay(topics, filters, _engine_config(), Progress(0))
-    print(format_report(report, args.show))
+    source = f"{LOG} rebuilt from the input topics" if args.from_inputs else LOG
+    print(format_report(report, args.show, source))
     return 0 if report.ok else 1
 
 
