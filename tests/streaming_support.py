@@ -319,23 +319,38 @@ class Cluster:
             raise AssertionError(f"{len(missing)} records of the replay were never published, e.g. {sample}\n{self.logs()}")
         return outputs
 
-    def table_rows(self) -> dict[int, dict[str, dict]]:
+    def table_rows(self, timeout_s: float = 60.0) -> dict[int, dict[str, dict]]:
         """The workers' persisted state: per log partition, every row as of its durable
         ``meta`` offset (the latest changelog record of each key, read as the worker does,
-        :mod:`stream.worker.durable`)."""
+        :mod:`stream.worker.durable`). Called once the workers settled, when every log
+        record is durable: the changelog is read again until each partition's ``meta``
+        names its log partition's last record (right after a leader moved, the new
+        leader's high watermark can lag behind what the old one acknowledged, and a read
+        that ends at it misses the last rows)."""
         name = f"{self.settings.app_id}-state-changelog"
-        latest: dict[int, dict[str, bytes]] = defaultdict(dict)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            latest: dict[int, dict[str, bytes]] = defaultdict(dict)
 
-        async def run():
-            settings = replace(self.settings, topic_prefix="")
-            async for _p, _o, _t, key, value in read_topic(settings, name, idle_timeout_s=1.0):
-                partition, _, row_key = key.decode().partition("|")
-                if value is not None:
-                    latest[int(partition)][row_key] = value
-                else:  # a tombstone: the row is gone
-                    latest[int(partition)].pop(row_key, None)
+            async def run():
+                settings = replace(self.settings, topic_prefix="")
+                async for _p, _o, _t, key, value in read_topic(settings, name, idle_timeout_s=1.0):
+                    partition, _, row_key = key.decode().partition("|")
+                    if value is not None:
+                        latest[int(partition)][row_key] = value
+                    else:  # a tombstone: the row is gone
+                        latest[int(partition)].pop(row_key, None)
 
-        asyncio.run(run())
+            asyncio.run(run())
+            metas = {p: orjson.loads(stored["meta"])["log_offset"] if "meta" in stored else -1
+                     for p, stored in latest.items()}
+            short = {p: (metas.get(p, -1), end) for (_topic, p), end in self.ends([LOG]).items()
+                     if metas.get(p, -1) < end - 1}
+            if not short:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the changelog's meta rows never reached the log's last records: "
+                                     f"(meta, log end) {short}")
         rows: dict[int, dict[str, dict]] = defaultdict(dict)
         for partition, stored in latest.items():
             meta = orjson.loads(stored.pop("meta"))["log_offset"] if "meta" in stored else -1
