@@ -51,8 +51,8 @@ def test_a_port_in_use_is_one_line_and_status_1():
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert out == ""
-    assert err.strip().splitlines() == [f"kpimargin broker: 127.0.0.1:{port} is already in use (another broker?); "
-                                        "choose another with --port"]
+    assert err.strip().splitlines() == [f"kpimargin broker: port {port} on 127.0.0.1 is already in use (another "
+                                        "broker?); choose another with --port"]
 
 
 def test_a_port_out_of_range_is_a_usage_error():
@@ -72,4 +72,4 @@ def test_kafka_engine_a_port_in_use_is_one_line_and_status_1():
         out, err = proc.communicate(timeout=60)
     lines = err.strip().splitlines()
     assert proc.returncode == 1 and out == "", err
-    assert len(lines) == 1 and lines[0].startswith(f"kpimargin broker: 127.0.0.1:{port} is already in use")
+    assert len(lines) == 1 and lines[0].startswith(f"kpimargin broker: port {port} on 127.0.0.1 is already in use")

@@ -96,8 +96,8 @@ def _run_embedded_broker(port: int) -> int:
         print(f"kpimargin broker: --port {port} is not a TCP port (1-65535)", file=sys.stderr)
         return 2
     if port_in_use(port, host):
-        print(f"kpimargin broker: {host}:{port} is already in use (another broker?); choose another with --port",
-              file=sys.stderr)
+        print(f"kpimargin broker: port {port} on {host} is already in use (another broker?); choose another with "
+              "--port", file=sys.stderr)
         return 1
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
     proc = subprocess.Popen(broker_command(port, host), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -183,8 +183,9 @@ def _run_kafka_broker(args: argparse.Namespace) -> int:
 
         taken = [p for p in range(port, port + 2 * nodes) if port_in_use(p)]
         if taken:
-            print(f"kpimargin broker: 127.0.0.1:{taken[0]} is already in use (another broker?); the {nodes}-node "
-                  f"cluster needs ports {port}-{port + 2 * nodes - 1}; choose another with --port", file=sys.stderr)
+            print(f"kpimargin broker: port {taken[0]} on 127.0.0.1 is already in use (another broker?); the "
+                  f"{nodes}-node cluster needs ports {port}-{port + 2 * nodes - 1}; choose another with --port",
+                  file=sys.stderr)
             return 1
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the readiness polls' retries are not news
     stopping = threading.Event()

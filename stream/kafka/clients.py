@@ -90,7 +90,9 @@ async def check_broker(settings: Settings) -> None:
     try:
         while True:
             left = deadline - time.monotonic()
-            client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=max(1, int(left * 1000)))
+            # each bootstrap server gets at most 2 s: a silent one (a frozen node) must not
+            # keep the others from being asked
+            client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=max(1, int(min(left, 2.0) * 1000)))
             try:
                 await asyncio.wait_for(client.bootstrap(), max(left, 0.001))
                 return
