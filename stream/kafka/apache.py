@@ -70,14 +70,13 @@ def _run_async(coro):
 
 
 async def _metadata(bootstrap: str, timeout_ms: int = 5000):
-    """A fresh metadata answer (aiokafka ClusterMetadata) from the first of ``bootstrap`` that
-    answers (not a second request to a node picked from it: that one may be paused)."""
+    """A fresh metadata answer (aiokafka ClusterMetadata) from the first broker that answers."""
     from aiokafka.client import AIOKafkaClient
 
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, metadata_max_age_ms=60_000)
     try:
-        await client.bootstrap()  # asks the bootstrap servers only, and keeps their answer
-        return client.cluster
+        await client.bootstrap()
+        return await client.fetch_all_metadata()
     finally:
         await client.close()
 
