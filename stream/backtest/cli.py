@@ -191,10 +191,10 @@ def run_from_log(args: argparse.Namespace) -> int:
     if not args.dir:
         import asyncio
 
-        from stream.kafka.clients import check_broker, check_topics
+        from stream.kafka.clients import check_broker
 
-        asyncio.run(check_broker(settings))  # BrokerUnavailable: one line, status 1 (stream.cli.main)
-        asyncio.run(check_topics(settings, [LOG, REQUIREMENTS]))  # MissingTopic: one line, status 2
+        # BrokerUnavailable (status 1) or MissingTopic (status 2): one line, from stream.cli.main
+        asyncio.run(check_broker(settings, [LOG, REQUIREMENTS]))
     try:
         topics = load_topics([LOG, REQUIREMENTS], args.dir, None if args.dir else settings)
     except (OSError, ValueError) as exc:

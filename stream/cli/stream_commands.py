@@ -43,12 +43,10 @@ def _connected(reads: Iterable[str] = ()) -> Settings:
     """The settings, once a broker of their bootstrap list answered (else
     :class:`stream.kafka.clients.BrokerUnavailable`: one line, status 1, from ``main``) and
     the topics the command ``reads`` exist (else :class:`stream.kafka.clients.MissingTopic`)."""
-    from stream.kafka.clients import check_broker, check_topics
+    from stream.kafka.clients import check_broker
 
     settings = _settings()
-    asyncio.run(check_broker(settings))
-    if reads:
-        asyncio.run(check_topics(settings, reads))
+    asyncio.run(check_broker(settings, reads))
     return settings
 
 
@@ -84,12 +82,10 @@ def _run_embedded_broker(port: int) -> int:
     line, exit 1); one line on stdout once the broker answers on it (as with ``--engine
     kafka``); Tansu's own warnings follow on stderr; SIGINT/SIGTERM stop it (exit 0);
     Tansu exiting by itself is one line, exit 1."""
-    import socket
     import subprocess
     import threading
-    import time
 
-    from stream.kafka.tansu import broker_command, port_in_use
+    from stream.kafka.tansu import broker_command, port_in_use, wait_for_port
 
     host = "127.0.0.1"
     if not 1 <= port <= 65535:
@@ -122,15 +118,11 @@ def _run_embedded_broker(port: int) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    deadline = time.monotonic() + 20.0
-    while not ready.is_set():
-        if proc.poll() is not None or stopped.is_set() or time.monotonic() > deadline:
-            break
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                ready.set()
-        except OSError:
-            time.sleep(0.05)
+    try:
+        if wait_for_port(port, host, 20.0, give_up=lambda: proc.poll() is not None or stopped.is_set()):
+            ready.set()
+    except TimeoutError:
+        pass
     if not ready.is_set():
         if proc.poll() is None:
             proc.terminate()

@@ -73,12 +73,20 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
 
 
-async def check_broker(settings: Settings) -> None:
+async def check_broker(settings: Settings, reads: Iterable[str] = ()) -> None:
     """Raise :class:`BrokerUnavailable` (naming the bootstrap servers and what went wrong)
     unless a broker of the list answers a metadata request, with the security settings,
     within ``KPIMARGIN_CONNECT_TIMEOUT_S`` (a refused connection is tried again until then:
-    a broker may be starting). Every command that talks to a broker asks this first, so
-    that it fails in bounded time with one line instead of retrying for ever."""
+    a broker may be starting); then :class:`MissingTopic` unless the (logical) topics the
+    caller ``reads`` exist. Every command that talks to a broker asks this first, so that it
+    fails in bounded time with one line instead of retrying for ever."""
+    await _check_connection(settings)
+    reads = list(reads)
+    if reads:
+        await check_topics(settings, reads)
+
+
+async def _check_connection(settings: Settings) -> None:
     from aiokafka import AIOKafkaClient
 
     timeout_s = settings.connect_timeout_s

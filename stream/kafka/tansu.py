@@ -40,12 +40,16 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 20.0) -> None:
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 20.0, give_up=None) -> bool:
+    """Wait until something answers on ``host:port``: True; False as soon as ``give_up()``
+    is true (e.g. the broker process exited); TimeoutError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
+        if give_up is not None and give_up():
+            return False
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                return True
         except OSError:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no broker answered on {host}:{port} within {timeout_s:.0f} s") from None
