@@ -75,9 +75,25 @@ class Settings:
         "How long (event time) fill and movement ids are remembered for deduplication; older events are dead-lettered as outside_dedup_horizon. 0 remembers ids forever (memory grows with every id).",
     )
     max_message_bytes: int = setting("KPIMARGIN_MAX_MESSAGE_BYTES", 131_072, "Input messages larger than this go to the dead-letter topic.")
-    web_enabled: bool = setting("KPIMARGIN_WEB_ENABLED", False, "Run faust's web server (table browsing stays disabled).")
-    web_bind: str = setting("KPIMARGIN_WEB_BIND", "127.0.0.1", "Address faust's web server binds to when enabled.")
-    web_port: int = setting("KPIMARGIN_WEB_PORT", 6066, "Port of faust's web server when enabled.")
+    http_port: int = setting(
+        "KPIMARGIN_HTTP_PORT", 0,
+        "Port of the worker's HTTP API (health, readiness, Prometheus metrics, live accounts, pre-trade what-if; docs/operations.md); 0: no HTTP server.",
+    )
+    http_bind: str = setting(
+        "KPIMARGIN_HTTP_BIND", "127.0.0.1", "Address the HTTP API binds to; beyond loopback only with KPIMARGIN_HTTP_TOKEN set."
+    )
+    http_advertised_url: str = setting(
+        "KPIMARGIN_HTTP_ADVERTISED_URL", "",
+        "This worker's HTTP API as the other workers reach it (an account another worker owns is redirected there); empty: http://<bind>:<port>.",
+    )
+    http_token: str = setting(
+        "KPIMARGIN_HTTP_TOKEN", "", "Bearer token /v1/ requests must carry (Authorization: Bearer <token>); empty: none asked (loopback only)."
+    )
+    ready_lag: int = setting(
+        "KPIMARGIN_READY_LAG", 1000,
+        "/readyz answers 200 only while every owned log partition and input partition is within this many records of its end.",
+    )
+    log_format: str = setting("KPIMARGIN_LOG_FORMAT", "text", "Worker log lines: text, or json (one JSON object per line).")
     security_protocol: str = setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
     sasl_mechanism: str = setting("KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL protocol).")
     sasl_username: str = setting("KAFKA_SASL_USERNAME", "", "SASL user name.")
@@ -130,6 +146,17 @@ class Settings:
                 raise ValueError(f"KAFKA_SASL_MECHANISM must be PLAIN or SCRAM-SHA-256/512, got {self.sasl_mechanism!r}")
             if not self.sasl_username or not self.sasl_password:
                 raise ValueError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with a SASL protocol")
+        if not 0 <= self.http_port <= 65535:
+            raise ValueError(f"KPIMARGIN_HTTP_PORT must be a port number (0: no HTTP server), got {self.http_port}")
+        if self.http_port and not self.http_token and not is_loopback(self.http_bind):
+            raise ValueError(f"KPIMARGIN_HTTP_BIND={self.http_bind} exposes the HTTP API beyond loopback: set "
+                             "KPIMARGIN_HTTP_TOKEN (its /v1/ requests then need Authorization: Bearer <token>)")
+        if self.http_advertised_url and not self.http_advertised_url.startswith(("http://", "https://")):
+            raise ValueError(f"KPIMARGIN_HTTP_ADVERTISED_URL must be an http:// or https:// URL, got {self.http_advertised_url!r}")
+        if self.ready_lag < 0:
+            raise ValueError("KPIMARGIN_READY_LAG must be 0 or a number of records")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"KPIMARGIN_LOG_FORMAT must be text or json, got {self.log_format!r}")
         if self.ssl_keyfile and not self.ssl_certfile:
             raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE")
 
@@ -139,6 +166,14 @@ class Settings:
 
         horizon_us = self.dedup_horizon_s * 1_000_000 if self.dedup_horizon_s else None
         return EngineConfig(call_update_threshold=self.call_update_threshold, dedup_horizon_us=horizon_us)
+
+    @property
+    def http_url(self) -> str:
+        """This worker's HTTP API as the other workers reach it."""
+        if self.http_advertised_url:
+            return self.http_advertised_url.rstrip("/")
+        host = f"[{self.http_bind}]" if ":" in self.http_bind else self.http_bind
+        return f"http://{host}:{self.http_port}"
 
     @property
     def bootstrap(self) -> str:
@@ -155,6 +190,18 @@ class Settings:
     def documentation(cls) -> list[tuple[str, str, str]]:
         """(variable, default, meaning) rows, for the CLI help and ``docs/settings.md``."""
         return [(f.metadata["env"], _render(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (an address or ``localhost``) is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _env(name: str) -> str:

@@ -77,8 +77,9 @@ def publish_in_order(settings, messages, on_progress=None) -> list[tuple[str, in
         try:
             for i, (topic, message) in enumerate(messages):
                 last_ms = max(int(time.time() * 1000), last_ms + 1)
-                md = await producer.send_and_wait(settings.topic(topic), orjson.dumps(message),
-                                                  key=key_for(topic, message), timestamp_ms=last_ms)
+                raw = isinstance(message, bytes)  # bad input, as it is (unkeyed)
+                md = await producer.send_and_wait(settings.topic(topic), message if raw else orjson.dumps(message),
+                                                  key=None if raw else key_for(topic, message), timestamp_ms=last_ms)
                 published.append((topic, md.partition, md.offset, message))
                 if on_progress is not None:
                     on_progress(i + 1)

@@ -18,10 +18,10 @@ README = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
 def test_defaults_and_environment():
     s = Settings.from_env({})
-    assert s.partitions == 4 and s.store == "memory://" and s.web_enabled is False and s.bootstrap == "127.0.0.1:9092"
+    assert s.partitions == 4 and s.store == "memory://" and s.http_port == 0 and s.bootstrap == "127.0.0.1:9092"
     s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092", "KPIMARGIN_PARTITIONS": "12",
-                           "KPIMARGIN_WEB_ENABLED": "yes", "KPIMARGIN_CALL_UPDATE_THRESHOLD": "5.00"})
-    assert s.bootstrap == "k1:9092,k2:9092" and s.partitions == 12 and s.web_enabled is True
+                           "KPIMARGIN_HTTP_PORT": "8080", "KPIMARGIN_CALL_UPDATE_THRESHOLD": "5.00"})
+    assert s.bootstrap == "k1:9092,k2:9092" and s.partitions == 12 and s.http_url == "http://127.0.0.1:8080"
     assert s.call_update_threshold == Decimal("5.00")
     assert Settings.from_env(s.env()) == s
 
@@ -31,7 +31,12 @@ def test_defaults_and_environment():
     ({"KPIMARGIN_PARTITIONS": "0"}, "at least 1"),
     ({"KPIMARGIN_STORE": "redis://"}, "KPIMARGIN_STORE"),
     ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
-    ({"KPIMARGIN_WEB_ENABLED": "maybe"}, "KPIMARGIN_WEB_ENABLED"),
+    ({"KPIMARGIN_HTTP_PORT": "http"}, "KPIMARGIN_HTTP_PORT"),
+    ({"KPIMARGIN_HTTP_PORT": "70000"}, "KPIMARGIN_HTTP_PORT"),
+    ({"KPIMARGIN_HTTP_PORT": "8080", "KPIMARGIN_HTTP_BIND": "0.0.0.0"}, "KPIMARGIN_HTTP_TOKEN"),
+    ({"KPIMARGIN_HTTP_PORT": "8080", "KPIMARGIN_HTTP_BIND": "10.1.2.3"}, "KPIMARGIN_HTTP_TOKEN"),
+    ({"KPIMARGIN_HTTP_ADVERTISED_URL": "worker-1:8080"}, "KPIMARGIN_HTTP_ADVERTISED_URL"),
+    ({"KPIMARGIN_LOG_FORMAT": "xml"}, "KPIMARGIN_LOG_FORMAT"),
     ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "u"},
      "KAFKA_SASL_PASSWORD"),
     ({"KAFKA_SSL_KEYFILE": "/k.pem"}, "KAFKA_SSL_CERTFILE"),
@@ -73,7 +78,7 @@ def test_security_settings_reach_the_kafka_clients(tmp_path):
     creds = faust_config(s)["broker_credentials"]
     assert creds.mechanism.value == "SCRAM-SHA-512" and creds.username == "clearing"
     config = faust_config(Settings.from_env({}))
-    assert config["web_enabled"] is False and config["web_tables_enabled"] is False and config["web_bind"] == "127.0.0.1"
+    assert config["web_enabled"] is False and config["web_tables_enabled"] is False
     assert config["broker_credentials"] is None
 
 

@@ -53,6 +53,7 @@ def _connected(reads: Iterable[str] = ()) -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     from stream.kafka.clients import ensure_topics
     from stream.worker.app import run_worker
+    from stream.worker.http import PortTaken
     from stream.worker.router import PartitionCountError, check_copartitioned
 
     settings = _connected()
@@ -62,7 +63,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except PartitionCountError as exc:
         print(f"kpimargin worker: {exc}", file=sys.stderr)
         return 2
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except PortTaken as exc:
+        print(f"kpimargin worker: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

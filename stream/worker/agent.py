@@ -22,7 +22,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from stream.core.state import EngineState
-from stream.core.topics import LOG, OUTPUT_TOPICS
+from stream.core.topics import CALLS, DEADLETTER, LOG, OUTPUT_TOPICS
 from stream.log.ordered_log import Parsed, apply_parsed, apply_record_entries
 from stream.settings import Settings
 from stream.worker import shim
@@ -68,6 +68,11 @@ class LogAgent:
                                    settings.persist_queue_max)  # its changelog: see ensure_outboxes
         self.entries_since = 0  # log entries applied since the last boundary
         self.stopping = False
+        self.owned: set[int] = set()  # the log partitions faust assigned to this worker
+        self.generation = 0  # moved on by each assignment
+        self.assigned: set[int] | None = None  # those, once loaded after the rebalance (None: not yet)
+        self.rebalancing = True  # from a revocation until the assigned partitions are loaded
+        self.loading: dict[int, asyncio.Future] = {}  # partition -> its load in progress
         self.last_event_at = time.monotonic()  # the last log record delivered that was not beyond a gap
 
     def current(self, p: int, epoch: int) -> bool:
@@ -88,6 +93,7 @@ class LogAgent:
         late writes, :mod:`stream.worker.durable`): the state is rebuilt from the log instead,
         and the first batch writes every row again."""
         self.fault("in_recovery")
+        epoch = self.epochs.get(p, 0)
         loaded = read_partition(p, self.store.partition(p))
         offset = loaded.offset
         if loaded.trusted:
@@ -95,25 +101,66 @@ class LogAgent:
         else:
             log.warning("partition %d: the changelog's rows do not match the digest of their meta row (log offset "
                         "%d): rows written by a replaced worker after its successor's; rebuilding from margin.log",
-                        p, offset)
+                        p, offset, extra={"partition": p, "offset": offset})
             try:
                 state = await rebuild_from_log(self.settings, p, offset, self.config)
             except RebuildError as exc:
-                log.critical("partition %d: %s", p, exc)
+                log.critical("partition %d: %s", p, exc, extra={"partition": p})
                 raise
             state.touched.update(key for key, _row in state.rows())
             state.touched.update(loaded.live)  # rows the rebuilt state lacks are written as deleted
             state.touched.update(loaded.rewrite)
             self.stats.rebuilt += 1
         self.persister.resumed(p, offset, loaded.digest)  # the rows' digest as the table holds them: each batch updates it
-        part = Partition(state, self.epochs.get(p, 0), offset + 1)
+        part = Partition(state, epoch, offset + 1)
         part.applied = not loaded.trusted  # the next batch writes the rebuilt rows, even if nothing new is applied
         log.info("partition %d: state loaded (%d accounts, %d contracts), resuming at log offset %d",
-                 p, len(state.accounts), len(state.contracts), part.next_offset)
+                 p, len(state.accounts), len(state.contracts), part.next_offset,
+                 extra={"partition": p, "offset": part.next_offset})
         return part
+
+    async def partition(self, p: int) -> Partition | None:
+        """Partition ``p``'s live state, loaded first if need be (one load at a time per
+        partition, whoever asks); None if ``p`` was revoked meanwhile. A load begun before
+        a revocation is not used: the table may have changed since it was read."""
+        epoch = self.epochs.get(p, 0)
+        while True:
+            part = self.parts.get(p)
+            if part is not None:
+                return part
+            loading = self.loading.get(p)
+            if loading is None:
+                loading = self.loading[p] = asyncio.ensure_future(self.load(p))
+            try:
+                part = await asyncio.shield(loading)
+            finally:
+                if loading.done() and self.loading.get(p) is loading:
+                    del self.loading[p]
+            if self.epochs.get(p, 0) != epoch:
+                return None
+            if part.epoch == epoch:
+                return self.parts.setdefault(p, part)
+
+    def on_assigned(self, partitions: set[int]) -> None:
+        """faust assigned these log partitions to this worker (not loaded yet)."""
+        self.owned, self.assigned = set(partitions), None
+        self.generation += 1
+
+    async def load_assigned(self) -> None:
+        """After a rebalance: load every assigned log partition now (not at its first
+        record: a caught-up partition may get none for a long time, and the HTTP API and
+        readiness need its state), then count the rebalance as over -- unless another
+        assignment came meanwhile."""
+        generation, partitions = self.generation, set(self.owned)
+        for p in sorted(partitions):
+            await self.partition(p)
+        if generation == self.generation:
+            self.assigned = partitions
+            self.rebalancing = False
 
     def forget(self, tps) -> None:
         """Revoked partitions: drop their live state; the persister skips their batches."""
+        self.rebalancing = True
         for tp in tps:
             if tp.topic == self.log_name:
                 self.parts.pop(tp.partition, None)
@@ -126,7 +173,8 @@ class LogAgent:
         now = time.monotonic()
         if part.rewind_to == part.next_offset and now - part.rewound_at < 0.5:
             return
-        log.warning("partition %d: seeking the log back to offset %d", p, part.next_offset)
+        log.warning("partition %d: seeking the log back to offset %d", p, part.next_offset,
+                    extra={"partition": p, "offset": part.next_offset})
         part.rewind_to, part.rewound_at = part.next_offset, now
         # seek_wait runs in faust's consumer thread (``Consumer.seek`` calls aiokafka from this
         # one, racing its fetcher: seen to crash faust's Fetcher) and resets faust's read offset
@@ -152,9 +200,9 @@ class LogAgent:
                 await self.boundary()
                 await asyncio.Event().wait()
             p, offset = event.message.partition, event.message.offset
-            part = self.parts.get(p)
-            if part is None:
-                part = self.parts[p] = await self.load(p)
+            part = self.parts.get(p) or await self.partition(p)
+            if part is None:  # revoked while it loaded
+                continue
             if offset > part.next_offset:  # a gap: seek back; this record comes again
                 await self.rewind(p, part)
             else:
@@ -211,25 +259,35 @@ class LogAgent:
         self.fault("in_apply")  # state applied, its outputs not yet queued
         add = self.outbox.add  # type: ignore[union-attr]
         names = self.out_names
+        stats = self.stats
+        counts = stats.outputs
         for out in outputs:
             add(names[out.topic], out.key.encode(), orjson.dumps(out.value))
-        self.stats.apply_s += time.perf_counter() - t0
-        self.stats.records += 1
-        self.stats.outputs += len(outputs)
+            counts[out.topic] += 1
+            if out.topic == CALLS:
+                stats.calls[out.value["status"]] += 1
+            elif out.topic == DEADLETTER:
+                stats.deadletters[(out.value["source"]["topic"], out.value["reason"])] += 1
+        stats.applied[p] += entries
+        stats.records += 1
+        stats.apply_seconds.observe(time.perf_counter() - t0)
 
     async def boundary(self) -> None:
         """Snapshot the rows the batch changed and hand the batch to the persister, with
         the deliveries of every output it published (taken in the same synchronous step:
         what another task applies meanwhile belongs to the next batch)."""
         parts = []
+        entries = 0
         for p, part in self.parts.items():
             if not part.applied:
                 continue
             parts.append(PartitionBatch(p, part.epoch, changed_rows(p, part.state), part.next_offset - 1, part.events))
-            self.stats.entries += part.entries
+            entries += part.entries
             part.events, part.entries, part.applied = [], 0, False
         self.entries_since = 0
         if parts:
+            self.stats.entries += entries
+            self.stats.batch_entries.observe(entries)
             await self.persister.hand_over(self.outbox, self.outbox.take(), parts)  # type: ignore[union-attr]
 
     async def drain(self, timeout_s: float) -> None:
@@ -277,6 +335,6 @@ class LogAgent:
                 continue
             if end is not None and end > part.next_offset and now - self.last_event_at > stall_s:
                 log.warning("partition %d: no log record for %.0f s with the log at %d and the state at %d",
-                            p, stall_s, end, part.next_offset)
+                            p, stall_s, end, part.next_offset, extra={"partition": p, "offset": part.next_offset})
                 self.last_event_at = now
                 await self.rewind(p, part)

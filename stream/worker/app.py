@@ -23,7 +23,9 @@ from stream.kafka.clients import ssl_context
 from stream.settings import Settings
 from stream.worker import shim
 from stream.worker.agent import LogAgent
+from stream.worker.http import WorkerView, bind, serve
 from stream.worker.lifecycle import guarded
+from stream.worker.logs import logging_config
 from stream.worker.router import Router
 from stream.worker.stats import Stats
 
@@ -66,10 +68,11 @@ def faust_config(settings: Settings) -> dict:
         key_serializer="raw",
         value_serializer="raw",
         table_standby_replicas=0,
-        web_enabled=settings.web_enabled,
-        web_bind=settings.web_bind,
-        web_host=settings.web_bind,
-        web_port=settings.web_port,
+        # faust's own web server stays off (it would serve the tables): the worker's HTTP API
+        # is stream.worker.http, and faust only passes its URL to the other members of the
+        # group (the assignor's metadata), which redirect an account's requests there
+        web_enabled=False,
+        canonical_url=settings.http_url,
         web_tables_enabled=False,
         web_stats_enabled=False,
         web_graph_enabled=False,
@@ -84,15 +87,30 @@ def faust_config(settings: Settings) -> dict:
     )
 
 
-def create_app(settings: Settings) -> faust.App:
+class App(faust.App):
+    """faust's App, serving the HTTP API from its first start: faust starts the ``@app.task`` functions
+    only once table recovery is complete, and health and readiness must answer before."""
+
+    http_api = None  # the coroutine function that serves it, if on
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        if self.http_api is not None:
+            self.add_future(self.http_api())
+
+
+def create_app(settings: Settings, http_socket=None) -> faust.App:
+    """The worker's faust app; with ``http_socket`` (bound by :func:`stream.worker.http.bind`)
+    it serves the HTTP API there too."""
     shim.patch_fetch_wait(settings.fetch_max_wait_ms)
-    app = faust.App(settings.app_id, autodiscover=False, **faust_config(settings))
+    app = App(settings.app_id, autodiscover=False, **faust_config(settings))
     log_topic = app.topic(settings.topic(LOG), key_type=bytes, value_type=bytes, partitions=settings.partitions)
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     stats = Stats()
     agent = LogAgent(app, table, settings, stats)
     persister = agent.persister
     router = Router(app, settings, stats, agent)
+    view = WorkerView(app, settings, agent, router)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:  # noqa: ARG001
@@ -108,7 +126,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:  # noqa: ARG001
-        router.assign({tp.partition for tp in assigned if tp.topic == agent.log_name})
+        owned = {tp.partition for tp in assigned if tp.topic == agent.log_name}
+        router.assign(owned)
+        agent.on_assigned(owned)  # loaded in on_rebalance_complete
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender, **kwargs) -> None:  # noqa: ARG001
@@ -117,9 +137,13 @@ def create_app(settings: Settings) -> faust.App:
         resumes -- so that the stream starts exactly there (faust's own commits may have
         run past it, or lag behind it)."""
         await guarded("rebalance", agent.commit_resume_offsets)
+        # the assigned partitions' state, loaded now rather than at their first record
+        # (the HTTP API and readiness need it); in its own task: faust's recovery goes on
+        asyncio.ensure_future(guarded("loading the assigned partitions", agent.load_assigned))
 
     @app.agent(log_topic, name="apply_log")
     async def apply_log(stream):
+        view.watch("log_agent")
         await guarded("apply_log", agent.run, stream.noack())
 
     async def persist_forever() -> None:
@@ -128,11 +152,19 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def persist() -> None:
+        view.watch("persister")
         await guarded("persister", persist_forever)
 
     @app.task
     async def route() -> None:
+        view.watch("router")
         await guarded("router", router.run)
+
+    if http_socket is not None:
+        async def http_api() -> None:
+            await guarded("HTTP API", serve, view, settings, stats, http_socket)
+
+        app.http_api = http_api
 
     @app.timer(interval=1.0)
     async def watchdog() -> None:
@@ -141,19 +173,22 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=10.0)
     async def report_stats() -> None:
         """Every 10 s at INFO: what the router and the engine did, and where time went."""
-        if stats.routed or stats.records:
-            log.info("%s", stats.line())
-            stats.reset()
+        line = stats.line()
+        if line is not None:
+            log.info("%s", line)
 
     app.kpimargin_agent = agent  # type: ignore[attr-defined]  (run_worker's stop drains it)
+    app.kpimargin_view = view  # type: ignore[attr-defined]
     return app
 
 
 def run_worker(settings: Settings) -> None:
-    """Run one faust worker in the foreground until SIGINT/SIGTERM."""
+    """Run one faust worker in the foreground until SIGINT/SIGTERM (:class:`PortTaken`
+    first when the HTTP API is on and its port cannot be bound)."""
     from faust.worker import Worker
 
-    app = create_app(settings)
+    http_socket = bind(settings) if settings.http_port else None
+    app = create_app(settings, http_socket)
 
     @app.task
     async def install_signals() -> None:
@@ -196,5 +231,6 @@ def run_worker(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(stop()))
 
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False,
+                    logging_config=logging_config(settings.log_format, settings.log_level))
     worker.execute_from_commandline()

@@ -182,7 +182,7 @@ class Persister:
             self.persisted += len(batch)
             self.unpersisted -= len(batch)
             self.stats.boundaries += len(batch)
-            self.stats.persist_s += time.perf_counter() - t0
+            self.stats.persist_seconds.observe(time.perf_counter() - t0)
 
     async def round(self, batch: list[Boundary]) -> None:
         """Steps 1 to 5 (class docstring) for the batches of one round."""

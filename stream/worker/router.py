@@ -267,8 +267,11 @@ class Router:
         entries: list[bytes] = []
         inputs: list[Parsed | None] = []
         size = len(RECORD_HEAD) + 2
+        inputs_taken = self.stats.inputs
         for tp, record in released:
             topic, partition = self.logical(tp)
+            if topic in ACCOUNT_TOPICS or p == 0:  # a broadcast input counts once: in task 0
+                inputs_taken[topic] += 1
             targets, entry, rejected, parsed = _route(topic, partition, record.offset, record.value, s.partitions,
                                                       s.max_message_bytes, s.log_record_max_bytes)
             if entry is not None and entries and size + len(entry) + 1 > limit:
@@ -303,6 +306,8 @@ class Router:
             sent.append(SentLogRecord(future, p, parsed))
         self.stats.routed += len(released)
         self.stats.rejected += len(dead)
+        for d in dead:
+            self.stats.deadletters[(d.value["source"]["topic"], d.value["reason"])] += 1
         await self.in_flight.put(InFlight(sent))
 
     async def retire(self) -> None:
