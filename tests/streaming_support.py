@@ -77,10 +77,11 @@ def start_broker(kind: str) -> Iterator[str]:
 
 
 @contextmanager
-def kafka_cluster(nodes: int):
+def kafka_cluster(nodes: int, **options):
     """A :class:`stream.kafka.apache.KafkaCluster` of ``nodes`` started for a test (its jars
-    fetched with Maven once, then cached), stopped afterwards. Without Java or Maven the
-    test is skipped with the reason, except under CI (``CI=true``), where it fails."""
+    fetched with Maven once, then cached), stopped afterwards; ``options`` go to the class
+    (e.g. ``sasl_users``). Without Java or Maven the test is skipped with the reason, except
+    under CI (``CI=true``), where it fails."""
     import pytest
 
     from stream.kafka.apache import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
@@ -92,7 +93,7 @@ def kafka_cluster(nodes: int):
             pytest.fail(f"real Kafka cannot start under CI: {missing}")
         pytest.skip(f"real Kafka: {missing}")
     try:
-        cluster = KafkaCluster(nodes=nodes).start()
+        cluster = KafkaCluster(nodes=nodes, **options).start()
     except KafkaBrokerError as exc:
         pytest.fail(f"real Kafka did not start: {exc}")
     try:

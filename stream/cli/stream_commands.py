@@ -41,7 +41,8 @@ def _settings() -> Settings:
 
 def _connected(reads: Iterable[str] = ()) -> Settings:
     """The settings, once a broker of their bootstrap list answered (else
-    :class:`stream.kafka.clients.BrokerUnavailable`: one line, status 1, from ``main``) and
+    :class:`stream.kafka.clients.BrokerUnavailable`: one line, status 1, from ``main``; or
+    :class:`stream.kafka.clients.AuthenticationFailed`: status 2) and
     the topics the command ``reads`` exist (else :class:`stream.kafka.clients.MissingTopic`)."""
     from stream.kafka.clients import check_broker
 

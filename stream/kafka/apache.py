@@ -69,11 +69,13 @@ def _run_async(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _metadata(bootstrap: str, timeout_ms: int = 5000):
-    """A fresh metadata answer (aiokafka ClusterMetadata) from the first broker that answers."""
+async def _metadata(bootstrap: str, timeout_ms: int = 5000, **client_kwargs):
+    """A fresh metadata answer (aiokafka ClusterMetadata) from the first broker that answers
+    (``client_kwargs``: the security options of :attr:`KafkaCluster.client_kwargs`)."""
     from aiokafka.client import AIOKafkaClient
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, metadata_max_age_ms=60_000)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, metadata_max_age_ms=60_000,
+                            **client_kwargs)
     try:
         await client.bootstrap()
         return await client.fetch_all_metadata()
@@ -96,10 +98,14 @@ class KafkaCluster:
     ``port`` is node 1's client port; node i then listens on ``port + i - 1`` and its
     controller on ``port + nodes + i - 1`` (free ports are picked when it is None).
     A given ``data_dir`` is formatted the first time and reused after; without one a
-    temporary directory is used and removed by ``stop()``."""
+    temporary directory is used and removed by ``stop()``.
+
+    With ``sasl_users`` (user name -> password) the client listeners speak SASL_PLAINTEXT
+    with the PLAIN mechanism and accept only these users (the first one is also the
+    brokers' own on the inter-broker listener); clients then need :attr:`client_kwargs`."""
 
     def __init__(self, nodes: int = 1, port: int | None = None, data_dir: str | Path | None = None,
-                 version: str = KAFKA_VERSION):
+                 version: str = KAFKA_VERSION, sasl_users: dict[str, str] | None = None):
         if nodes < 1:
             raise KafkaBrokerError("a cluster needs at least 1 node")
         try:
@@ -110,6 +116,12 @@ class KafkaCluster:
             raise KafkaBrokerError(f"Kafka {version} is not supported (3.x and 4.x are)")
         if port is not None and not 1 <= port <= 65536 - 2 * nodes:
             raise KafkaBrokerError(f"port {port} leaves no room for {2 * nodes} ports (node and controller ports)")
+        if sasl_users is not None:
+            try:
+                kafka_dist.check_sasl_users(sasl_users)
+            except ValueError as exc:
+                raise KafkaBrokerError(str(exc)) from None
+        self.sasl_users = dict(sasl_users) if sasl_users is not None else None
         self.nodes, self.version, self._port = nodes, version, port
         self._given_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else None
         self.data_dir: Path | None = self._given_dir
@@ -129,6 +141,20 @@ class KafkaCluster:
         if not self._client_ports:
             raise KafkaBrokerError("the cluster is not started")
         return ",".join(f"127.0.0.1:{p}" for p in self._client_ports)
+
+    @property
+    def security_protocol(self) -> str:
+        return "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT"
+
+    @property
+    def client_kwargs(self) -> dict:
+        """The security options an aiokafka client needs here (none without SASL; with it,
+        the first user's credentials)."""
+        if not self.sasl_users:
+            return {}
+        user, password = next(iter(self.sasl_users.items()))
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": user, "sasl_plain_password": password}
 
     def node_dir(self, node_id: int) -> Path:
         self._check_node(node_id)
@@ -239,7 +265,7 @@ class KafkaCluster:
         from aiokafka import TopicPartition
 
         try:
-            metadata = _run_async(_metadata(self._live_bootstrap()))
+            metadata = _run_async(_metadata(self._live_bootstrap(), **self.client_kwargs))
         except Exception as exc:
             raise KafkaBrokerError(f"metadata request failed: {type(exc).__name__}: {exc}") from None
         leader = metadata.leader_for_partition(TopicPartition(topic, partition))
@@ -251,7 +277,8 @@ class KafkaCluster:
         from aiokafka.admin import AIOKafkaAdminClient
 
         async def describe():
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._live_bootstrap(), request_timeout_ms=5000)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._live_bootstrap(), request_timeout_ms=5000,
+                                        **self.client_kwargs)
             await admin.start()
             try:
                 return await admin.describe_topics(None)
@@ -356,7 +383,8 @@ class KafkaCluster:
         node_dir.mkdir(parents=True, exist_ok=True)
         (node_dir / "logging.properties").write_text(kafka_dist.logging_config(self.version, node_dir / "server.log"))
         (node_dir / "server.properties").write_text(kafka_dist.server_properties(
-            self.version, node_id, self.nodes, self._client_ports, self._controller_ports, node_dir / "data"))
+            self.version, node_id, self.nodes, self._client_ports, self._controller_ports, node_dir / "data",
+            sasl_users=self.sasl_users))
         return node_dir
 
     def _java(self, node_dir: Path, heap: list[str]) -> list[str]:
@@ -418,7 +446,8 @@ class KafkaCluster:
             port = self._client_ports[node_id - 1]
             if kafka_dist.accepts(port):
                 try:
-                    brokers = {b.nodeId for b in _run_async(_metadata(f"127.0.0.1:{port}")).brokers()}
+                    answer = _run_async(_metadata(f"127.0.0.1:{port}", **self.client_kwargs))
+                    brokers = {b.nodeId for b in answer.brokers()}
                 except Exception as exc:
                     brokers, last = set(), f"{type(exc).__name__}: {exc}"
                 wanted = set(self.node_ids) if all_brokers else {node_id}

@@ -19,13 +19,19 @@ from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, 
 
 
 class BrokerUnavailable(Exception):
-    """No broker of the bootstrap list answered in time, or it refused this client (a
-    command exits 1 with this one line)."""
+    """No broker of the bootstrap list answered in time (a command exits 1 with this one
+    line)."""
 
 
 class ConnectionConfigError(Exception):
     """The connection settings are wrong on their face, e.g. a TLS file that cannot be
     read (a command exits 2 with this one line)."""
+
+
+class AuthenticationFailed(ConnectionConfigError):
+    """A broker refused the SASL credentials or mechanism, or its listener wants SASL and
+    the settings do not speak it (a command exits 2 with this one line, at once: asking
+    again cannot help)."""
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -77,9 +83,11 @@ async def check_broker(settings: Settings, reads: Iterable[str] = ()) -> None:
     """Raise :class:`BrokerUnavailable` (naming the bootstrap servers and what went wrong)
     unless a broker of the list answers a metadata request, with the security settings,
     within ``KPIMARGIN_CONNECT_TIMEOUT_S`` (a refused connection is tried again until then:
-    a broker may be starting); then :class:`MissingTopic` unless the (logical) topics the
-    caller ``reads`` exist. Every command that talks to a broker asks this first, so that it
-    fails in bounded time with one line instead of retrying for ever."""
+    a broker may be starting), or :class:`AuthenticationFailed` as soon as a broker refuses
+    the SASL credentials, the mechanism or the protocol; then :class:`MissingTopic` unless
+    the (logical) topics the caller ``reads`` exist. Every command that talks to a broker
+    asks this first, so that it fails in bounded time with one line instead of retrying for
+    ever."""
     await _check_connection(settings)
     reads = list(reads)
     if reads:
@@ -87,7 +95,7 @@ async def check_broker(settings: Settings, reads: Iterable[str] = ()) -> None:
 
 
 async def _check_connection(settings: Settings) -> None:
-    from aiokafka import AIOKafkaClient
+    from aiokafka.conn import collect_hosts
 
     timeout_s = settings.connect_timeout_s
     deadline = time.monotonic() + timeout_s
@@ -98,29 +106,93 @@ async def _check_connection(settings: Settings) -> None:
     try:
         while True:
             left = deadline - time.monotonic()
-            # each bootstrap server gets at most 2 s: a silent one (a frozen node) must not
-            # keep the others from being asked
-            client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=max(1, int(min(left, 2.0) * 1000)))
             try:
-                await asyncio.wait_for(client.bootstrap(), max(left, 0.001))
-                return
+                if await asyncio.wait_for(_any_answers(settings, collect_hosts(settings.bootstrap), deadline, where),
+                                          max(left, 0.001)):
+                    return
             except asyncio.TimeoutError:
                 raise BrokerUnavailable(f"{where} did not answer within {timeout_s:g} s "
                                         "(KPIMARGIN_CONNECT_TIMEOUT_S)") from None
-            except KafkaError as exc:
-                text = str(exc)
-                if "Unable to bootstrap" not in text:
-                    raise BrokerUnavailable(f"{where}: {text}") from None
-                if time.monotonic() + 0.5 >= deadline:
-                    raise BrokerUnavailable(f"{where}: no broker answered within {timeout_s:g} s (is one running "
-                                            "there? KAFKA_BOOTSTRAP_SERVERS, KPIMARGIN_CONNECT_TIMEOUT_S)") from None
-            except (OSError, ssl.SSLError) as exc:
-                raise BrokerUnavailable(f"{where}: {_reason(exc)}") from None
-            finally:
-                await client.close()
+            if time.monotonic() + 0.5 >= deadline:
+                raise BrokerUnavailable(f"{where}: no broker answered within {timeout_s:g} s (is one running "
+                                        "there? KAFKA_BOOTSTRAP_SERVERS, KPIMARGIN_CONNECT_TIMEOUT_S)") from None
             await asyncio.sleep(0.5)
     finally:
         quiet.setLevel(level)
+
+
+async def _any_answers(settings: Settings, hosts: list, deadline: float, where: str) -> bool:
+    """Whether a bootstrap server answers a metadata request with the security settings
+    (what ``AIOKafkaClient.bootstrap`` asks, one server after the other, but keeping each
+    one's error). A refusal of the credentials or of the protocol raises
+    :class:`AuthenticationFailed`; a server that cannot be reached is passed over."""
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import (AuthenticationFailedError, IllegalSaslStateError, SaslAuthenticationFailed,
+                                 UnsupportedSaslMechanismError)
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    options = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
+    for host, port, _family in hosts:
+        # each bootstrap server gets at most 2 s: a silent one (a frozen node) must not
+        # keep the others from being asked
+        timeout_ms = max(1, int(min(deadline - time.monotonic(), 2.0) * 1000))
+        try:
+            conn = await create_conn(host, port, request_timeout_ms=timeout_ms, **options)
+        except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
+            detail = (exc.args[0] if exc.args and isinstance(exc.args[0], str) else "") or type(exc).__name__
+            raise AuthenticationFailed(
+                f"{where}: SASL authentication failed for user {settings.sasl_username!r} (mechanism "
+                f"{settings.sasl_mechanism}; the broker at {host}:{port} says: {detail}): check KAFKA_SASL_USERNAME "
+                "and KAFKA_SASL_PASSWORD") from None
+        except UnsupportedSaslMechanismError:
+            raise AuthenticationFailed(
+                f"{where}: SASL authentication impossible: the broker at {host}:{port} does not offer mechanism "
+                f"{settings.sasl_mechanism}: check KAFKA_SASL_MECHANISM (and KAFKA_SECURITY_PROTOCOL: does it "
+                "do SASL at all?)") from None
+        except IllegalSaslStateError:
+            raise AuthenticationFailed(
+                f"{where}: the broker at {host}:{port} does no SASL authentication on this listener: check "
+                "KAFKA_SECURITY_PROTOCOL (PLAINTEXT or SSL there?)") from None
+        except (OSError, KafkaError, asyncio.TimeoutError):
+            continue  # not there, or not answering: ask the next one
+        try:
+            await conn.send(MetadataRequest([]))
+            return True
+        except (KafkaError, asyncio.TimeoutError):
+            pass
+        finally:
+            conn.close()
+        # A listener that wants SASL answers ApiVersions, then closes the connection at the
+        # metadata request of a client that did not authenticate: ask it which mechanisms.
+        if not settings.security_protocol.startswith("SASL"):
+            mechanisms = await _sasl_mechanisms(host, port, timeout_ms, options)
+            if mechanisms is not None:
+                raise AuthenticationFailed(
+                    f"{where}: the broker at {host}:{port} requires SASL authentication (mechanisms "
+                    f"{', '.join(mechanisms) or 'none'}) but KAFKA_SECURITY_PROTOCOL={settings.security_protocol}: "
+                    "set SASL_PLAINTEXT or SASL_SSL and KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, "
+                    "KAFKA_SASL_PASSWORD")
+    return False
+
+
+async def _sasl_mechanisms(host: str, port: int, timeout_ms: int, options: dict) -> list[str] | None:
+    """The SASL mechanisms a listener offers when it expects a SASL handshake, else None
+    (a listener without SASL answers the handshake with ILLEGAL_SASL_STATE)."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.admin import SaslHandShakeRequest
+
+    try:
+        conn = await create_conn(host, port, request_timeout_ms=timeout_ms, **options)
+    except (OSError, KafkaError, asyncio.TimeoutError):
+        return None
+    try:
+        answer = await conn.send(SaslHandShakeRequest("PLAIN"))
+    except (KafkaError, asyncio.TimeoutError):
+        return None
+    finally:
+        conn.close()
+    # 0: PLAIN is offered; 33 (UNSUPPORTED_SASL_MECHANISM): others are
+    return list(answer.enabled_mechanisms) if answer.error_code in (0, 33) else None
 
 
 def client_kwargs(settings: Settings) -> dict:

@@ -137,21 +137,53 @@ def logging_config(version: str, log_file: Path) -> str:
             f"log4j.appender.file.layout.ConversionPattern={pattern}\n")
 
 
+SASL_USERNAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_sasl_users(users: dict[str, str]) -> None:
+    """Raise ValueError unless every user name and password can be written into a JAAS
+    entry of server.properties as is: names of letters, digits, ``._-``; passwords of
+    printable ASCII without ``"`` or ``\\`` (a properties file is read as ISO-8859-1, with
+    backslash escapes)."""
+    if not users:
+        raise ValueError("sasl_users needs at least one user")
+    for name, password in users.items():
+        if not SASL_USERNAME.fullmatch(name):
+            raise ValueError(f"SASL user name {name!r}: use letters, digits, '.', '_' and '-' only")
+        if not password or any(not " " <= c <= "~" or c in '"\\' for c in password):
+            raise ValueError(f"SASL password of {name!r}: use printable ASCII without '\"' or '\\' (and not empty)")
+
+
+def plain_jaas_config(users: dict[str, str]) -> str:
+    """The broker's SASL/PLAIN JAAS entry: every ``user_<name>="<password>"``, and the first
+    user as the broker's own identity on the inter-broker listener."""
+    check_sasl_users(users)
+    first, password = next(iter(users.items()))
+    entries = " ".join(f'user_{name}="{secret}"' for name, secret in users.items())
+    return (f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{first}" '
+            f'password="{password}" {entries};')
+
+
 def server_properties(version: str, node_id: int, nodes: int, client_ports: list[int], controller_ports: list[int],
-                      log_dir: Path) -> str:
-    """One combined broker+controller node of a ``nodes``-voter KRaft cluster on 127.0.0.1."""
+                      log_dir: Path, sasl_users: dict[str, str] | None = None) -> str:
+    """One combined broker+controller node of a ``nodes``-voter KRaft cluster on 127.0.0.1.
+
+    With ``sasl_users`` (name -> password) the client listener, also the inter-broker one,
+    is SASL_PLAINTEXT with the PLAIN mechanism only (the first user is the brokers' own);
+    the controller listener stays PLAINTEXT."""
     voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(controller_ports))
     client, controller = client_ports[node_id - 1], controller_ports[node_id - 1]
     replicas, min_isr = min(3, nodes), min(2, nodes)
+    listener = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"  # its name is its security protocol
     props = {
         "process.roles": "broker,controller",
         "node.id": node_id,
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{client}",
+        "listeners": f"{listener}://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}",
+        "advertised.listeners": f"{listener}://127.0.0.1:{client}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": listener,
         "log.dirs": log_dir,
         "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": 10,
@@ -164,6 +196,10 @@ def server_properties(version: str, node_id: int, nodes: int, client_ports: list
     if major(version) >= 4:  # share groups' state topic (created only when share groups are used)
         props["share.coordinator.state.topic.replication.factor"] = replicas
         props["share.coordinator.state.topic.min.isr"] = min_isr
+    if sasl_users:
+        props["sasl.enabled.mechanisms"] = "PLAIN"
+        props["sasl.mechanism.inter.broker.protocol"] = "PLAIN"
+        props[f"listener.name.{listener.lower()}.plain.sasl.jaas.config"] = plain_jaas_config(sasl_users)
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
