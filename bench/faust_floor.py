@@ -19,7 +19,7 @@ import orjson
 
 from stream.settings import Settings
 from stream.worker.app import faust_config
-from stream.worker.shim import patch_fetch_wait
+from stream.kafka.shim import patch_fetch_wait
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import calendar
 import http.client
 import json
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -284,6 +285,9 @@ def test_metrics_count_what_was_published(running):
     assert total("kpimargin_engine_lag_records") == 0
     assert total("kpimargin_accounts") == len(ACCOUNTS)
     assert total("kpimargin_apply_seconds_count") == total("kpimargin_log_records_applied_total") > 0
+    dashboard = (Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text()
+    exposed = {n for m in samples for (n, _ls) in m}
+    assert set(re.findall(r"kpimargin_[a-z_]+", dashboard)) <= exposed, "the dashboard draws a metric no worker exposes"
     clock = {v for m in samples for (n, _ls), v in m.items() if n == "kpimargin_clock_seconds"}
     assert clock == {calendar.timegm(time.strptime(CLOCK, "%Y-%m-%dT%H:%M:%SZ"))}
 

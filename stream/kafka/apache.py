@@ -72,7 +72,7 @@ def _run_async(coro):
 async def _metadata(bootstrap: str, timeout_ms: int = 5000, **client_kwargs):
     """A fresh metadata answer (aiokafka ClusterMetadata) from the first broker that answers
     (``client_kwargs``: the security options of :attr:`KafkaCluster.client_kwargs`)."""
-    from aiokafka.client import AIOKafkaClient
+    from aiokafka import AIOKafkaClient
 
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, metadata_max_age_ms=60_000,
                             **client_kwargs)

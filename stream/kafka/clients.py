@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from stream.kafka import shim
 from stream.settings import Settings
 from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS, REQUIREMENTS, TICKS
 
@@ -95,8 +96,6 @@ async def check_broker(settings: Settings, reads: Iterable[str] = ()) -> None:
 
 
 async def _check_connection(settings: Settings) -> None:
-    from aiokafka.conn import collect_hosts
-
     timeout_s = settings.connect_timeout_s
     deadline = time.monotonic() + timeout_s
     where = f"the Kafka bootstrap servers {settings.bootstrap} ({settings.security_protocol})"
@@ -107,7 +106,7 @@ async def _check_connection(settings: Settings) -> None:
         while True:
             left = deadline - time.monotonic()
             try:
-                if await asyncio.wait_for(_any_answers(settings, collect_hosts(settings.bootstrap), deadline, where),
+                if await asyncio.wait_for(_any_answers(settings, shim.bootstrap_hosts(settings.bootstrap), deadline, where),
                                           max(left, 0.001)):
                     return
             except asyncio.TimeoutError:
@@ -126,10 +125,8 @@ async def _any_answers(settings: Settings, hosts: list, deadline: float, where: 
     (what ``AIOKafkaClient.bootstrap`` asks, one server after the other, but keeping each
     one's error). A refusal of the credentials or of the protocol raises
     :class:`AuthenticationFailed`; a server that cannot be reached is passed over."""
-    from aiokafka.conn import create_conn
     from aiokafka.errors import (AuthenticationFailedError, IllegalSaslStateError, SaslAuthenticationFailed,
                                  UnsupportedSaslMechanismError)
-    from aiokafka.protocol.metadata import MetadataRequest
 
     options = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
     for host, port, _family in hosts:
@@ -137,7 +134,7 @@ async def _any_answers(settings: Settings, hosts: list, deadline: float, where: 
         # keep the others from being asked
         timeout_ms = max(1, int(min(deadline - time.monotonic(), 2.0) * 1000))
         try:
-            conn = await create_conn(host, port, request_timeout_ms=timeout_ms, **options)
+            conn = await shim.connect(host, port, timeout_ms, options)
         except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
             detail = (exc.args[0] if exc.args and isinstance(exc.args[0], str) else "") or type(exc).__name__
             raise AuthenticationFailed(
@@ -156,7 +153,7 @@ async def _any_answers(settings: Settings, hosts: list, deadline: float, where: 
         except (OSError, KafkaError, asyncio.TimeoutError):
             continue  # not there, or not answering: ask the next one
         try:
-            await conn.send(MetadataRequest([]))
+            await conn.send(shim.metadata_request())
             return True
         except (KafkaError, asyncio.TimeoutError):
             pass
@@ -178,15 +175,12 @@ async def _any_answers(settings: Settings, hosts: list, deadline: float, where: 
 async def _sasl_mechanisms(host: str, port: int, timeout_ms: int, options: dict) -> list[str] | None:
     """The SASL mechanisms a listener offers when it expects a SASL handshake, else None
     (a listener without SASL answers the handshake with ILLEGAL_SASL_STATE)."""
-    from aiokafka.conn import create_conn
-    from aiokafka.protocol.admin import SaslHandShakeRequest
-
     try:
-        conn = await create_conn(host, port, request_timeout_ms=timeout_ms, **options)
+        conn = await shim.connect(host, port, timeout_ms, options)
     except (OSError, KafkaError, asyncio.TimeoutError):
         return None
     try:
-        answer = await conn.send(SaslHandShakeRequest("PLAIN"))
+        answer = await conn.send(shim.sasl_handshake_request("PLAIN"))
     except (KafkaError, asyncio.TimeoutError):
         return None
     finally:
@@ -294,9 +288,7 @@ async def supports_idempotence(settings: Settings) -> bool:
     """Whether the cluster grants producer ids (``InitProducerId``): Apache Kafka does, the
     embedded Tansu answers with an error. Asked once per bootstrap list and process."""
     if settings.bootstrap not in _grants_producer_ids:
-        from aiokafka.client import AIOKafkaClient
-        from aiokafka.protocol.transaction import InitProducerIdRequest
-
+        from aiokafka import AIOKafkaClient
         from aiokafka.errors import for_code
 
         client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=10_000)
@@ -306,8 +298,7 @@ async def supports_idempotence(settings: Settings) -> bool:
             await client.bootstrap()
             while time.monotonic() < deadline:
                 try:
-                    answer = await client.send(client.get_random_node(), InitProducerIdRequest(
-                        transactional_id=None, transaction_timeout_ms=60_000))
+                    answer = await client.send(client.get_random_node(), shim.init_producer_id_request())
                 except KafkaError as exc:  # e.g. the node picked is down: ask another
                     if not exc.retriable:
                         break

@@ -25,7 +25,7 @@ from stream.core.state import EngineState
 from stream.core.topics import CALLS, DEADLETTER, LOG, OUTPUT_TOPICS
 from stream.log.ordered_log import Parsed, apply_parsed, apply_record_entries
 from stream.settings import Settings
-from stream.worker import shim
+from stream.kafka import shim
 from stream.worker.faults import Faults
 from stream.worker.outbox import Outbox
 from stream.worker.persister import PartitionBatch, Persister, changed_rows, read_partition, row_key

@@ -21,7 +21,7 @@ import faust
 from stream.core.topics import LOG
 from stream.kafka.clients import ssl_context
 from stream.settings import Settings
-from stream.worker import shim
+from stream.kafka import shim
 from stream.worker.agent import LogAgent
 from stream.worker.http import WorkerView, bind, serve
 from stream.worker.lifecycle import guarded

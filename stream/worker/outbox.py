@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from stream.worker import shim
+from stream.kafka import shim
 
 
 class Outbox:

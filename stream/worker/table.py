@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from stream.worker.outbox import Outbox
-from stream.worker.shim import writing_for
+from stream.kafka.shim import writing_for
 
 
 class TableStore:

@@ -3,6 +3,11 @@
 Each is read from faust-streaming 0.15.3 and aiokafka 0.14.0 (the versions pinned by
 ``pyproject.toml``'s lower bounds and tested in CI); each comment says why the public API
 does not serve. Upgrading either package means re-reading these few functions first.
+
+The first group is aiokafka's wire level (``aiokafka.conn``, ``aiokafka.protocol``: modules
+its package does not export), used by :mod:`stream.kafka.clients` to ask one broker one
+question; the rest is faust's and aiokafka's internals the worker needs
+(:mod:`stream.worker`). faust is imported only by the functions that use it.
 """
 
 from __future__ import annotations
@@ -12,11 +17,50 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Mapping
 
-# faust.streams._current_event: the task-local "current event" under which a table's store
-# writes. faust's rocksdb store keeps one database per partition and takes the partition
-# to write from the current event; the persister writes rows outside any event (after the
-# broker acknowledged them), and faust has no public way to say "for partition p".
-from faust.streams import _current_event
+
+# ------------------------------------------------------------------ aiokafka's wire level
+def bootstrap_hosts(bootstrap: str) -> list:
+    """``(host, port, family)`` of each bootstrap server, as aiokafka parses the list
+    (``aiokafka.conn.collect_hosts``, shuffled): the broker check asks each one itself."""
+    from aiokafka.conn import collect_hosts
+
+    return collect_hosts(bootstrap)
+
+
+async def connect(host: str, port: int, timeout_ms: int, options: dict):
+    """One connection to one broker, authenticated as ``options`` say (``aiokafka.conn.
+    create_conn``): ``AIOKafkaClient.bootstrap`` tries every server and turns a refused SASL
+    login into "Unable to bootstrap", so the broker check could not tell a wrong password
+    from a broker that is starting."""
+    from aiokafka.conn import create_conn
+
+    return await create_conn(host, port, request_timeout_ms=timeout_ms, **options)
+
+
+def metadata_request():
+    """A metadata request for no topic (what a bootstrap asks)."""
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    return MetadataRequest([])
+
+
+def sasl_handshake_request(mechanism: str):
+    """A SASL handshake: a listener that expects SASL answers with the mechanisms it offers."""
+    from aiokafka.protocol.admin import SaslHandShakeRequest
+
+    return SaslHandShakeRequest(mechanism)
+
+
+def init_producer_id_request():
+    """``InitProducerId`` without a transactional id: whether the cluster grants producer
+    ids (Apache Kafka does, the embedded Tansu answers with an error). aiokafka asks it only
+    inside an idempotent producer's start, which then fails in ways hard to tell apart."""
+    from aiokafka.protocol.transaction import InitProducerIdRequest
+
+    return InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)
+
+
+# ------------------------------------------------------------------ faust's and aiokafka's internals
 
 
 class _InPartition:
@@ -31,7 +75,14 @@ class _InPartition:
 
 @contextmanager
 def writing_for(p: int):
-    """Write to a table's local store as if processing an event of partition ``p``."""
+    """Write to a table's local store as if processing an event of partition ``p``.
+
+    ``faust.streams._current_event``: the task-local "current event" under which a table's
+    store writes. faust's rocksdb store keeps one database per partition and takes the
+    partition to write from the current event; the persister writes rows outside any event
+    (after the broker acknowledged them), and faust has no public way to say "for partition p"."""
+    from faust.streams import _current_event
+
     stand_in = _InPartition(p)
     token = _current_event.set(weakref.ref(stand_in))
     try:
