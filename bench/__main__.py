@@ -164,6 +164,13 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path) -> dict:
     figures["processor"] = await stack.processor(stack.bench_settings(bootstrap, tag + "p1"), n_proc, 1_000.0, latency_s,
                                                  workers=1, log_dir=log_dir, measure_latency=False)
     figures["processor"]["latency"] = latency["latency"]
+    # the same drain with the worker's HTTP API on (docs/operations.md): its cost on the hot path
+    from .http import free_port, measure as http_measure
+
+    figures["processor_http"] = await stack.processor(
+        stack.bench_settings(bootstrap, tag + "p1h", http_port=free_port()), n_proc, 1_000.0, latency_s, workers=1,
+        log_dir=log_dir, measure_latency=False)
+    figures["http"] = await http_measure(bootstrap, 1_000 if quick else 5_000, log_dir)
     if not quick:
         unsaturated = await stack.processor(stack.bench_settings(bootstrap, tag + "l2"), 0, 250.0, latency_s, workers=1,
                                             log_dir=log_dir)
@@ -233,6 +240,12 @@ def headline(r: dict) -> dict:
     }
     if "processor_2_workers" in s:
         out["processor_2_workers_eps"] = round(s["processor_2_workers"]["eps"])
+    if "processor_http" in s:
+        out["processor_http_eps"] = round(s["processor_http"]["eps"])
+        out["http_on_over_off"] = round(s["processor_http"]["eps"] / proc["eps"], 3)
+    if "http" in s:
+        out["whatif_http_p50_ms"] = s["http"]["whatif"]["p50_ms"]
+        out["whatif_http_p99_ms"] = s["http"]["whatif"]["p99_ms"]
     return out
 
 
@@ -253,6 +266,16 @@ def markdown(r: dict, command: str) -> str:
     if "processor_2_workers" in s:
         rows.append(("(c') processor, 2 worker processes", f"{h['processor_2_workers_eps']:,} events/s",
                      f"{s['processor_2_workers']['events']:,} fills"))
+    if "processor_http" in s:
+        rows.append(("(c'') processor, 1 worker, HTTP API on", f"{h['processor_http_eps']:,} events/s",
+                     f"{s['processor_http']['events']:,} fills, {h['http_on_over_off']:.1%} of (c)"))
+    if "http" in s:
+        http = s["http"]
+        rows.append(("what-if over HTTP, one account with 10 positions, idle worker",
+                     f"p50 {http['whatif']['p50_ms']} ms, p99 {http['whatif']['p99_ms']} ms",
+                     f"{http['whatif']['n']:,} requests; GET account p99 {http['account']['p99_ms']} ms; "
+                     f"at 1,000 fills/s p99 {http['whatif_at_1000_fills_s']['p99_ms']} ms; draining a backlog "
+                     f"p99 {http['whatif_draining_backlog']['p99_ms']} ms"))
     rows += [
         (f"fill-to-requirement latency at {lat['rate']:,.0f} fills/s offered", f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms",
          f"{lat['measured']:,} fills, max {lat['max_ms']:.1f} ms"),

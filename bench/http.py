@@ -8,10 +8,12 @@ keep-alive connection, one request at a time:
 * ``whatif_http``: ``POST /v1/accounts/{id}/whatif`` with one hypothetical fill -- the
   issue's target is p99 under 2 ms for an account with 10 positions;
 * ``account_http``: ``GET /v1/accounts/{id}``;
-* ``whatif_http_loaded``: the same what-if while the worker drains a backlog of fills
-  (requests wait for the records being applied: the loop runs one thing at a time).
+* the same what-if while the worker applies fills offered at 1,000 a second, and while it
+  drains a backlog of 20,000 fills (a request waits for the log record being applied: the
+  loop runs one thing at a time, and a record holds up to ``KPIMARGIN_ROUTER_BATCH_MAX``
+  entries under a backlog).
 
-The same numbers are part of ``python -m bench`` (``whatif_http_p99_ms``).
+The idle what-if is part of ``python -m bench`` too (``whatif_http_p99_ms``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _contracts() -> list[dict]:
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -77,10 +79,30 @@ async def _timed(session, method: str, url: str, body: bytes | None, n: int) -> 
     return out
 
 
+async def _offer(settings, items: list[dict], rate: float) -> None:
+    """Publish ``items`` at ``rate`` a second, each on its own schedule."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream.kafka.clients import client_kwargs, key_for
+
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks=1, linger_ms=0)
+    await producer.start()
+    try:
+        t0 = time.monotonic()
+        for i, item in enumerate(items):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await producer.send(settings.topic(FILLS), orjson.dumps(item), key=key_for(FILLS, item))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def measure(bootstrap: str, requests: int, log_dir: Path) -> dict:
     import aiohttp
 
-    port = _free_port()
+    port = free_port()
     settings = stack.bench_settings(bootstrap, f"http{int(time.time())}", http_port=port, http_token=TOKEN)
     await ensure_topics(settings)
     proc = start_worker_process(settings, log_dir / f"worker-{settings.app_id}.log")
@@ -88,7 +110,7 @@ async def measure(bootstrap: str, requests: int, log_dir: Path) -> dict:
     contracts = _contracts()
     try:
         fills = [{"trade_id": f"H{i}", "account_id": ACCOUNT, "contract_id": c["contract_id"], "side": "BUY",
-                  "price": c["lower"] + (c["upper"] - c["lower"]) / 3, "notional": 10_000, "ts": stack.FILL_DAY}
+                  "price": round(c["lower"] + (c["upper"] - c["lower"]) / 3, 2), "notional": 10_000, "ts": stack.FILL_DAY}
                  for i, c in enumerate(contracts)]
         await publish_phases(settings, [
             {"title": "listings", "topic": LISTINGS, "messages": contracts},
@@ -113,11 +135,18 @@ async def measure(bootstrap: str, requests: int, log_dir: Path) -> dict:
             await _timed(session, "POST", url + "/whatif", whatif, 200)  # warm-up
             result = {"positions": 10, "whatif": _summary(await _timed(session, "POST", url + "/whatif", whatif, requests)),
                       "account": _summary(await _timed(session, "GET", url, None, requests))}
+            # while the worker applies fills offered at 1,000/s (each a small log record)
+            offering = asyncio.ensure_future(_offer(settings, stack.fills(6_000, "HR", seed=8), 1_000.0))
+            await asyncio.sleep(1.0)  # the offered rate's steady state, not its start
+            result["whatif_at_1000_fills_s"] = _summary(await _timed(session, "POST", url + "/whatif", whatif,
+                                                                     max(200, requests // 5)))
+            await offering
+            # while it drains a backlog (records of up to KPIMARGIN_ROUTER_BATCH_MAX entries)
             backlog = stack._fill_records(stack.fills(20_000, "HL", seed=9))  # noqa: SLF001
             producing = asyncio.ensure_future(stack.produce_all(settings, settings.topic(FILLS), backlog))
             loaded = await _timed(session, "POST", url + "/whatif", whatif, max(200, requests // 5))
             await producing
-            result["whatif_loaded"] = _summary(loaded)
+            result["whatif_draining_backlog"] = _summary(loaded)
         return result
     finally:
         stop_process(proc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import http.client
 import json
+import os
 import random
 import re
 import socket
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from stream.core import pretrade
 from stream.core.engine import apply
@@ -39,6 +41,13 @@ from .streaming_support import Cluster, fresh_settings
 from .test_order import publish_in_order
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+API = orjson.loads((Path(__file__).resolve().parent.parent / "schemas" / "http-api.json").read_bytes())
+
+
+def conforms(name: str, body: dict) -> None:
+    """``body`` is valid against the OpenAPI document's component schema ``name``."""
+    Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": API["components"]}).validate(body)
 
 WEB = load_example("web_listing.json")
 ACCOUNTS = [f"H{i:02d}" for i in range(12)]
@@ -187,8 +196,10 @@ def test_health_and_readiness_flip_with_start_and_rebalance(running):
     for url in running["urls"]:
         status, body, _ = call(url, "GET", "/healthz", token=None)
         assert status == 200 and set(body["tasks"]) == {"log_agent", "persister", "router"}, body
+        conforms("Status", body)
         status, body, _ = call(url, "GET", "/readyz", token=None)
         assert status == 200 and body["status"] == "ready", body
+        conforms("Status", body)
     owned = [call(url, "GET", "/readyz", token=None)[1]["partitions"] for url in running["urls"]]
     assert sorted(owned[0] + owned[1]) == list(range(running["settings"].partitions)) and owned[0] and owned[1]
 
@@ -213,6 +224,7 @@ def test_accounts_equal_the_published_requirements_and_the_publication_order(run
             assert headers["Location"] == f"{running['urls'][1]}/v1/accounts/{account}"
         status, view, _ = call(running["urls"][0], "GET", f"/v1/accounts/{account}")
         assert status == 200, view
+        conforms("Account", view)
         published = last[account]
         for key in ("im", "equity", "excess"):
             assert view[key] == published[key], (account, key)
@@ -225,7 +237,9 @@ def test_accounts_equal_the_published_requirements_and_the_publication_order(run
         assert {k: view[k] for k in truth} == truth, account
         assert view["log_partition"] == log_partition(account, settings.partitions)
     assert 0 < redirected < len(ACCOUNTS), "the accounts should be spread over both workers"
-    assert call(running["urls"][1], "GET", "/v1/accounts/NOBODY")[0] == 404
+    status, body, _ = call(running["urls"][1], "GET", "/v1/accounts/NOBODY")
+    assert status == 404
+    conforms("Error", body)
 
 
 def test_whatif_equals_the_view_when_empty_and_the_file_whatif_with_fills(running):
@@ -244,6 +258,7 @@ def test_whatif_equals_the_view_when_empty_and_the_file_whatif_with_fills(runnin
         status, result, _ = call(running["urls"][1], "POST", f"/v1/accounts/{account}/whatif",
                                  {"fills": hypothetical})
         assert status == 200, result
+        conforms("WhatIf", result)
         mine = [m for t, _p, _o, m in running["published"] if t == FILLS and isinstance(m, dict)
                 and m["account_id"] == account and m["contract_id"] != "NO-SUCH"]
         mine += [{**f, "trade_id": f"H-{i}", "account_id": account, "ts": CLOCK} for i, f in enumerate(hypothetical)]
@@ -259,6 +274,7 @@ def test_whatif_equals_the_view_when_empty_and_the_file_whatif_with_fills(runnin
     status, body, _ = call(running["urls"][0], "POST", f"/v1/accounts/{ACCOUNTS[1]}/whatif",
                            {"fills": [hypothetical[0], {**hypothetical[1], "price": 10_000}]})
     assert (status, body["reason"], body["field"]) == (400, "price_out_of_range", "fills[1].price"), body
+    conforms("Error", body)
     status, body, _ = call(running["urls"][0], "POST", f"/v1/accounts/{ACCOUNTS[1]}/whatif", {"orders": []})
     assert (status, body["reason"]) == (400, "schema_violation")
 
@@ -297,6 +313,7 @@ def test_the_api_asks_for_the_token_and_shows_no_internals(running):
     for token in (None, "wrong"):
         status, body, headers = call(url, "GET", f"/v1/accounts/{ACCOUNTS[0]}", token=token, follow=False)
         assert status == 401 and body["reason"] == "unauthorized" and headers["WWW-Authenticate"].startswith("Bearer")
+        conforms("Error", body)
         assert call(url, "POST", f"/v1/accounts/{ACCOUNTS[0]}/whatif", {"fills": []}, token=token)[0] == 401
     assert call(url, "GET", "/healthz", token=None)[0] == 200
     for path in ("/", "/table/state", "/v1/tables", "/stackdump", "/debug"):
@@ -309,3 +326,29 @@ def test_json_logs_are_one_object_a_line(running):
     assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     loaded = [line for line in lines if "state loaded" in line["message"]]
     assert loaded and all(isinstance(line["partition"], int) and isinstance(line["offset"], int) for line in loaded)
+
+
+def _worker_fails(tmp_path, **env) -> tuple[int, str, float]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "KPIMARGIN_"))}
+    full.update(env, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}", KPIMARGIN_CONNECT_TIMEOUT_S="30")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "stream", "worker"], capture_output=True, text=True, env=full,
+                          timeout=60, cwd=tmp_path)
+    return proc.returncode, proc.stderr, time.monotonic() - t0
+
+
+def test_the_worker_refuses_to_serve_beyond_loopback_without_a_token(tmp_path):
+    code, err, took = _worker_fails(tmp_path, KPIMARGIN_HTTP_PORT=str(free_port()), KPIMARGIN_HTTP_BIND="0.0.0.0")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "KPIMARGIN_HTTP_TOKEN" in lines[0] and took < 15, err
+
+
+def test_a_port_in_use_is_one_line_before_the_broker_is_asked(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, err, took = _worker_fails(tmp_path, KPIMARGIN_HTTP_PORT=str(port))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], err
+    assert took < 15  # not after the connect timeout: no broker listens there

@@ -1,4 +1,4 @@
-"""The package's layers, as the README's "Repository" section draws them: each layer of
+"""The package's layers, as docs/architecture.md ("The package") draws them: each layer of
 ``stream/`` imports only the layers below it (a module's own package aside), and no two
 modules import each other, directly or around a longer circle. Read from every import
 statement of every module, those inside functions too."""

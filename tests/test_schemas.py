@@ -280,3 +280,32 @@ def test_inputs_accept_unknown_fields_and_alternative_forms():
     listing = _with(example("listing"), "params", None)
     assert errors("listing", listing) == []
     parse(topics.LISTINGS, listing)
+
+
+def test_the_http_api_document_is_openapi_with_valid_schemas():
+    """schemas/http-api.json (the worker's HTTP API, OpenAPI 3.1): every component schema is
+    valid Draft 2020-12, and every $ref names a component; tests/test_http.py validates
+    the worker's real answers against them."""
+    api = _load(SCHEMAS / "http-api.json")
+    assert api["openapi"].startswith("3.1")
+    for name, sub in api["components"]["schemas"].items():
+        Draft202012Validator.check_schema(sub)
+    refs = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                refs.add(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(api)
+    assert refs and all(r.startswith("#/components/schemas/") and r.rsplit("/", 1)[1] in api["components"]["schemas"]
+                        for r in refs)
+    request = {"fills": [{"contract_id": "TSLA-Q2-2026-DELIVERIES", "side": "BUY", "price": 455000, "notional": 10000}]}
+    root = {"$ref": "#/components/schemas/WhatIfRequest", "components": api["components"]}
+    Draft202012Validator(root).validate(request)
+    assert not Draft202012Validator(root).is_valid({"fills": [{**request["fills"][0], "account_id": "X"}]})

@@ -54,9 +54,15 @@ def _connected(reads: Iterable[str] = ()) -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     from stream.kafka.clients import ensure_topics
     from stream.worker.app import run_worker
-    from stream.worker.http import PortTaken
+    from stream.worker.http import PortTaken, bind
     from stream.worker.router import PartitionCountError, check_copartitioned
 
+    settings = _settings()
+    try:  # the HTTP API's port first: a port in use is one line before anything else starts
+        http_socket = bind(settings) if settings.http_port else None
+    except PortTaken as exc:
+        print(f"kpimargin worker: {exc}", file=sys.stderr)
+        return 2
     settings = _connected()
     asyncio.run(ensure_topics(settings))
     try:
@@ -64,11 +70,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except PartitionCountError as exc:
         print(f"kpimargin worker: {exc}", file=sys.stderr)
         return 2
-    try:
-        run_worker(settings)
-    except PortTaken as exc:
-        print(f"kpimargin worker: {exc}", file=sys.stderr)
-        return 2
+    run_worker(settings, http_socket)
     return 0
 
 

@@ -23,7 +23,7 @@ from stream.kafka.clients import ssl_context
 from stream.settings import Settings
 from stream.kafka import shim
 from stream.worker.agent import LogAgent
-from stream.worker.http import WorkerView, bind, serve
+from stream.worker.http import WorkerView, serve
 from stream.worker.lifecycle import guarded
 from stream.worker.logs import logging_config
 from stream.worker.router import Router
@@ -182,12 +182,11 @@ def create_app(settings: Settings, http_socket=None) -> faust.App:
     return app
 
 
-def run_worker(settings: Settings) -> None:
-    """Run one faust worker in the foreground until SIGINT/SIGTERM (:class:`PortTaken`
-    first when the HTTP API is on and its port cannot be bound)."""
+def run_worker(settings: Settings, http_socket=None) -> None:
+    """Run one faust worker in the foreground until SIGINT/SIGTERM; with ``http_socket``
+    (:func:`stream.worker.http.bind`) it serves the HTTP API there."""
     from faust.worker import Worker
 
-    http_socket = bind(settings) if settings.http_port else None
     app = create_app(settings, http_socket)
 
     @app.task
