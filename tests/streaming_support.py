@@ -80,14 +80,14 @@ def start_broker(kind: str) -> Iterator[str]:
 def kafka_cluster(nodes: int, **options):
     """A :class:`stream.kafka.apache.KafkaCluster` of ``nodes`` started for a test (its jars
     fetched with Maven once, then cached), stopped afterwards; ``options`` go to the class
-    (e.g. ``sasl_users``). Without Java or Maven the test is skipped with the reason, except
-    under CI (``CI=true``), where it fails."""
+    (e.g. ``sasl_users``, ``tls``). Without Java or Maven (or openssl, for ``tls``) the test is
+    skipped with the reason, except under CI (``CI=true``), where it fails."""
     import pytest
 
     from stream.kafka.apache import KAFKA_VERSION, KafkaBrokerError, KafkaCluster, missing_tools
     from stream.kafka.dist import is_cached
 
-    missing = missing_tools(need_maven=not is_cached(KAFKA_VERSION))
+    missing = missing_tools(need_maven=not is_cached(KAFKA_VERSION), need_openssl=bool(options.get("tls")))
     if missing:
         if os.environ.get("CI") == "true":
             pytest.fail(f"real Kafka cannot start under CI: {missing}")

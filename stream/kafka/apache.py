@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream.kafka import dist as kafka_dist
+from stream.kafka import certs, dist as kafka_dist
 
 KAFKA_VERSION = "4.4.0"
 # The SLF4J binding Kafka's jars do not bring, per major version (Kafka 4.x: log4j2 behind
@@ -44,8 +44,9 @@ class KafkaBrokerError(Exception):
     """A cluster could not be started or controlled (the message is one line)."""
 
 
-def missing_tools(need_maven: bool) -> str | None:
-    """Why a cluster cannot start here (one line), or None when it can."""
+def missing_tools(need_maven: bool, need_openssl: bool = False) -> str | None:
+    """Why a cluster cannot start here (one line), or None when it can (``need_openssl``:
+    a cluster with ``tls``)."""
     if shutil.which("java") is None:
         return f"java not found on PATH: install OpenJDK {JAVA_MIN} or newer"
     found = kafka_dist.java_major()
@@ -56,7 +57,7 @@ def missing_tools(need_maven: bool) -> str | None:
     if need_maven and shutil.which("mvn") is None:
         return ("mvn not found on PATH: Maven fetches the Kafka jars once (then they are cached): "
                 "install Maven 3.6.3 or newer")
-    return None
+    return certs.missing_openssl() if need_openssl else None
 
 
 def _run_async(coro):
@@ -102,10 +103,18 @@ class KafkaCluster:
 
     With ``sasl_users`` (user name -> password) the client listeners speak SASL_PLAINTEXT
     with the PLAIN mechanism and accept only these users (the first one is also the
-    brokers' own on the inter-broker listener); clients then need :attr:`client_kwargs`."""
+    brokers' own on the inter-broker listener); clients then need :attr:`client_kwargs`.
+
+    With ``tls`` the client listeners speak TLS (SSL, or SASL_SSL with ``sasl_users``) with a
+    throwaway CA's certificate for 127.0.0.1 and localhost (:attr:`tls_files`, made in the
+    data directory's ``tls/``), and each node has a PLAINTEXT listener too, on port
+    ``port + 2 * nodes + i - 1`` (:attr:`plaintext_bootstrap`). With ``tls_client_auth`` the
+    TLS listeners want a client certificate the CA signed (mutual TLS; :attr:`client_kwargs`
+    shows the throwaway one)."""
 
     def __init__(self, nodes: int = 1, port: int | None = None, data_dir: str | Path | None = None,
-                 version: str = KAFKA_VERSION, sasl_users: dict[str, str] | None = None):
+                 version: str = KAFKA_VERSION, sasl_users: dict[str, str] | None = None, tls: bool = False,
+                 tls_client_auth: bool = False):
         if nodes < 1:
             raise KafkaBrokerError("a cluster needs at least 1 node")
         try:
@@ -114,19 +123,23 @@ class KafkaCluster:
             raise KafkaBrokerError(str(exc)) from None
         if self._major not in LOGGING_JARS:
             raise KafkaBrokerError(f"Kafka {version} is not supported (3.x and 4.x are)")
-        if port is not None and not 1 <= port <= 65536 - 2 * nodes:
-            raise KafkaBrokerError(f"port {port} leaves no room for {2 * nodes} ports (node and controller ports)")
+        if port is not None and not 1 <= port <= 65536 - (3 if tls else 2) * nodes:
+            raise KafkaBrokerError(f"port {port} leaves no room for {(3 if tls else 2) * nodes} ports")
         if sasl_users is not None:
             try:
                 kafka_dist.check_sasl_users(sasl_users)
             except ValueError as exc:
                 raise KafkaBrokerError(str(exc)) from None
         self.sasl_users = dict(sasl_users) if sasl_users is not None else None
+        if tls_client_auth and not tls:
+            raise KafkaBrokerError("tls_client_auth needs tls")
+        self.tls, self.tls_client_auth, self.tls_files = tls, tls_client_auth, None  # certs.TlsFiles once started
         self.nodes, self.version, self._port = nodes, version, port
         self._given_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else None
         self.data_dir: Path | None = self._given_dir
         self._client_ports: list[int] = []
         self._controller_ports: list[int] = []
+        self._plain_ports: list[int] = []
         self._procs: dict[int, subprocess.Popen] = {}
         self._paused: set[int] = set()
         self._jars: Path | None = None
@@ -143,18 +156,30 @@ class KafkaCluster:
         return ",".join(f"127.0.0.1:{p}" for p in self._client_ports)
 
     @property
+    def plaintext_bootstrap(self) -> str:
+        """The PLAINTEXT listeners of a cluster with ``tls``."""
+        if not self._plain_ports:
+            raise KafkaBrokerError("the cluster is not started" if not self._client_ports else "the cluster has no tls")
+        return ",".join(f"127.0.0.1:{p}" for p in self._plain_ports)
+
+    @property
     def security_protocol(self) -> str:
-        return "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT"
+        return ("SASL_" if self.sasl_users else "") + ("SSL" if self.tls else "PLAINTEXT")
 
     @property
     def client_kwargs(self) -> dict:
-        """The security options an aiokafka client needs here (none without SASL; with it,
-        the first user's credentials)."""
-        if not self.sasl_users:
-            return {}
-        user, password = next(iter(self.sasl_users.items()))
-        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-                "sasl_plain_username": user, "sasl_plain_password": password}
+        """The security options an aiokafka client needs here (none without SASL or TLS; with
+        SASL the first user's credentials, with TLS a context trusting the cluster's CA and,
+        with ``tls_client_auth``, showing the client certificate)."""
+        kwargs: dict = {}
+        if self.sasl_users:
+            user, password = next(iter(self.sasl_users.items()))
+            kwargs.update(sasl_mechanism="PLAIN", sasl_plain_username=user, sasl_plain_password=password)
+        if self.tls:
+            if self.tls_files is None:
+                raise KafkaBrokerError("the cluster is not started")
+            kwargs["ssl_context"] = self.tls_files.client_context(client_cert=self.tls_client_auth)
+        return {"security_protocol": self.security_protocol, **kwargs} if kwargs else {}
 
     def node_dir(self, node_id: int) -> Path:
         self._check_node(node_id)
@@ -189,6 +214,11 @@ class KafkaCluster:
         _running.add(self)
         try:
             cluster_id = self._prepare_dir()
+            if self.tls:
+                try:
+                    self.tls_files = certs.tls_files(self.data_dir / "tls")
+                except certs.CertError as exc:
+                    raise KafkaBrokerError(str(exc)) from None
             self._format(cluster_id)
             for node_id in self.node_ids:
                 self._launch(node_id)
@@ -345,16 +375,18 @@ class KafkaCluster:
     def _pick_ports(self) -> None:
         if self._client_ports:
             return
+        count = (3 if self.tls else 2) * self.nodes
         if self._port is None:
-            ports = kafka_dist.free_ports(2 * self.nodes)
+            ports = kafka_dist.free_ports(count)
         else:
-            ports = list(range(self._port, self._port + 2 * self.nodes))
+            ports = list(range(self._port, self._port + count))
             for i, port in enumerate(ports):
                 if kafka_dist.port_in_use(port):
-                    role = "client" if i < self.nodes else "controller"
+                    role = ("client", "controller", "plaintext")[i // self.nodes]
                     raise KafkaBrokerError(f"port {port} on 127.0.0.1 (the {role} port of node "
                                            f"{i % self.nodes + 1}) is already in use: pick another port")
-        self._client_ports, self._controller_ports = ports[:self.nodes], ports[self.nodes:]
+        n = self.nodes
+        self._client_ports, self._controller_ports, self._plain_ports = ports[:n], ports[n:2 * n], ports[2 * n:]
 
     def _prepare_dir(self) -> str:
         """The cluster id: read back from a directory this class formatted before, else new."""
@@ -384,7 +416,8 @@ class KafkaCluster:
         (node_dir / "logging.properties").write_text(kafka_dist.logging_config(self.version, node_dir / "server.log"))
         (node_dir / "server.properties").write_text(kafka_dist.server_properties(
             self.version, node_id, self.nodes, self._client_ports, self._controller_ports, node_dir / "data",
-            sasl_users=self.sasl_users))
+            sasl_users=self.sasl_users, tls=self.tls_files, plain_ports=self._plain_ports,
+            tls_client_auth=self.tls_client_auth))
         return node_dir
 
     def _java(self, node_dir: Path, heap: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from stream.kafka import shim
+from stream.kafka import shim, tlscheck
 from stream.settings import Settings
 from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, OUTPUT_TOPICS, REQUIREMENTS, TICKS
 
@@ -33,6 +33,12 @@ class AuthenticationFailed(ConnectionConfigError):
     """A broker refused the SASL credentials or mechanism, or its listener wants SASL and
     the settings do not speak it (a command exits 2 with this one line, at once: asking
     again cannot help)."""
+
+
+class TlsFailed(ConnectionConfigError):
+    """A broker's TLS does not fit the settings: its certificate does not verify or is for
+    another host, its listener does not speak TLS or speaks only TLS, or it refuses the
+    client certificate (a command exits 2 with this one line, at once)."""
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -85,7 +91,8 @@ async def check_broker(settings: Settings, reads: Iterable[str] = ()) -> None:
     unless a broker of the list answers a metadata request, with the security settings,
     within ``KPIMARGIN_CONNECT_TIMEOUT_S`` (a refused connection is tried again until then:
     a broker may be starting), or :class:`AuthenticationFailed` as soon as a broker refuses
-    the SASL credentials, the mechanism or the protocol; then :class:`MissingTopic` unless
+    the SASL credentials, the mechanism or the protocol, or :class:`TlsFailed` as soon as
+    its TLS does not fit the settings; then :class:`MissingTopic` unless
     the (logical) topics the caller ``reads`` exist. Every command that talks to a broker
     asks this first, so that it fails in bounded time with one line instead of retrying for
     ever."""
@@ -124,7 +131,9 @@ async def _any_answers(settings: Settings, hosts: list, deadline: float, where: 
     """Whether a bootstrap server answers a metadata request with the security settings
     (what ``AIOKafkaClient.bootstrap`` asks, one server after the other, but keeping each
     one's error). A refusal of the credentials or of the protocol raises
-    :class:`AuthenticationFailed`; a server that cannot be reached is passed over."""
+    :class:`AuthenticationFailed`, a TLS mismatch :class:`TlsFailed`
+    (:func:`stream.kafka.tlscheck.tls_problem`); a server that cannot be reached is
+    passed over."""
     from aiokafka.errors import (AuthenticationFailedError, IllegalSaslStateError, SaslAuthenticationFailed,
                                  UnsupportedSaslMechanismError)
 
@@ -150,7 +159,10 @@ async def _any_answers(settings: Settings, hosts: list, deadline: float, where: 
             raise AuthenticationFailed(
                 f"{where}: the broker at {host}:{port} does no SASL authentication on this listener: check "
                 "KAFKA_SECURITY_PROTOCOL (PLAINTEXT or SSL there?)") from None
-        except (OSError, KafkaError, asyncio.TimeoutError):
+        except (OSError, KafkaError, asyncio.TimeoutError) as exc:
+            problem = await tlscheck.tls_problem(settings, host, port, timeout_ms, exc)
+            if problem:
+                raise TlsFailed(f"{where}: {problem}") from None
             continue  # not there, or not answering: ask the next one
         try:
             await conn.send(shim.metadata_request())

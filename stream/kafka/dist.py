@@ -17,6 +17,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stream.kafka.certs import TlsFiles
 
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
@@ -165,24 +169,34 @@ def plain_jaas_config(users: dict[str, str]) -> str:
 
 
 def server_properties(version: str, node_id: int, nodes: int, client_ports: list[int], controller_ports: list[int],
-                      log_dir: Path, sasl_users: dict[str, str] | None = None) -> str:
+                      log_dir: Path, sasl_users: dict[str, str] | None = None, tls: TlsFiles | None = None,
+                      plain_ports: list[int] | None = None, tls_client_auth: bool = False) -> str:
     """One combined broker+controller node of a ``nodes``-voter KRaft cluster on 127.0.0.1.
 
     With ``sasl_users`` (name -> password) the client listener, also the inter-broker one,
     is SASL_PLAINTEXT with the PLAIN mechanism only (the first user is the brokers' own);
-    the controller listener stays PLAINTEXT."""
+    the controller listener stays PLAINTEXT. With ``tls`` (:class:`stream.kafka.certs.
+    TlsFiles`) the client listener speaks TLS (SSL, or SASL_SSL with ``sasl_users``), the
+    broker's key and chain in a PEM key store, the CA its trust store (the inter-broker
+    connections verify each other), and each node also has a PLAINTEXT listener on its
+    port of ``plain_ports``; ``tls_client_auth``: clients must show a certificate the CA
+    signed (mutual TLS)."""
     voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(controller_ports))
     client, controller = client_ports[node_id - 1], controller_ports[node_id - 1]
     replicas, min_isr = min(3, nodes), min(2, nodes)
-    listener = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"  # its name is its security protocol
+    # its name is its security protocol
+    listener = {(False, False): "PLAINTEXT", (True, False): "SASL_PLAINTEXT", (False, True): "SSL",
+                (True, True): "SASL_SSL"}[(bool(sasl_users), tls is not None)]
+    plain = f",PLAINTEXT://127.0.0.1:{plain_ports[node_id - 1]}" if tls and plain_ports else ""
     props = {
         "process.roles": "broker,controller",
         "node.id": node_id,
         "controller.quorum.voters": voters,
-        "listeners": f"{listener}://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}",
-        "advertised.listeners": f"{listener}://127.0.0.1:{client}",
+        "listeners": f"{listener}://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}{plain}",
+        "advertised.listeners": f"{listener}://127.0.0.1:{client}{plain}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT"
+                                          + (",PLAINTEXT:PLAINTEXT" if plain else ""),
         "inter.broker.listener.name": listener,
         "log.dirs": log_dir,
         "offsets.topic.replication.factor": replicas,
@@ -200,6 +214,13 @@ def server_properties(version: str, node_id: int, nodes: int, client_ports: list
         props["sasl.enabled.mechanisms"] = "PLAIN"
         props["sasl.mechanism.inter.broker.protocol"] = "PLAIN"
         props[f"listener.name.{listener.lower()}.plain.sasl.jaas.config"] = plain_jaas_config(sasl_users)
+    if tls:  # PEM stores (Kafka 2.7+): the key unencrypted, so no ssl.key.password
+        props["ssl.keystore.type"] = "PEM"
+        props["ssl.keystore.location"] = tls.broker
+        props["ssl.truststore.type"] = "PEM"
+        props["ssl.truststore.location"] = tls.ca
+        if tls_client_auth:
+            props["ssl.client.auth"] = "required"
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
