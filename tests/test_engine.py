@@ -207,7 +207,7 @@ def test_money_is_exact(driver):
     driver.list(TSLA)
     for i in range(10):
         driver.deposit(f"M{i}", "ACME", 0.1)
-    assert driver.state.accounts["ACME"].equity == Decimal("1.0")
+    assert driver.state.accounts["ACME"].equity_cents == 100  # ten times 0.1, exactly
     with pytest.raises(Rejected):
         driver.deposit("M99", "ACME", "0.001")
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from stream.audit.replay import time_or_none
-from stream.core.money import cents_to_decimal, cents_up, money_str
+from stream.core.money import cents_str, cents_up
 from stream.core.requirements import account_risk
 from stream.core.state import EngineConfig, EngineState, Output
 from stream.core.timeutil import format_time_us
@@ -172,8 +172,8 @@ def explain(entries_all: list[LogEntry], account_id: str, at_us: int | None = No
     state, chain = replay_account(applied, account_id, config)
     account = state.accounts.get(account_id)
     total, positions = account_risk(state, account) if account is not None else (0.0, [])
-    im = cents_to_decimal(cents_up(total))
-    equity = account.equity if account is not None else cents_to_decimal(0)
+    im = cents_up(total)
+    equity = account.equity_cents if account is not None else 0
     return {
         "account_id": account_id,
         "at": None if at_us is None else _format_us(at_us),
@@ -182,10 +182,10 @@ def explain(entries_all: list[LogEntry], account_id: str, at_us: int | None = No
         "last_log_offset": applied[-1][1] if applied else None,
         "last_log_entry": applied[-1][2] if applied else None,
         "clock": None if state.now_us is None else _format_us(state.now_us),
-        "im": money_str(im),
+        "im": cents_str(im),
         "im_unrounded": total,
-        "equity": money_str(equity),
-        "excess": money_str(equity - im),
+        "equity": cents_str(equity),
+        "excess": cents_str(equity - im),
         "open_call": None if account is None or account.call is None else account.call.as_dict(),
         "positions": positions,
         "contracts": {p["contract_id"]: contract_detail(state.contracts[p["contract_id"]]) for p in positions},

@@ -10,34 +10,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from stream.core.money import money_str
 from stream.core.messages import Cause, record_id
+from stream.core.money import cents_str, to_cents
 
 
 @dataclass
 class OpenCall:
     call_id: str
-    shortfall: Decimal  # last published shortfall
+    shortfall_cents: int  # last published shortfall
 
     def as_dict(self) -> dict:
-        return {"call_id": self.call_id, "shortfall": str(self.shortfall)}
+        return {"call_id": self.call_id, "shortfall": cents_str(self.shortfall_cents)}
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> "OpenCall | None":
-        return None if raw is None else cls(raw["call_id"], Decimal(raw["shortfall"]))
+        return None if raw is None else cls(raw["call_id"], to_cents(raw["shortfall"]))
 
 
 def next_call(
     open_call: OpenCall | None,
     account_id: str,
-    im: Decimal,
-    equity: Decimal,
+    im_cents: int,
+    equity_cents: int,
     update_threshold: Decimal,
     cause: Cause,
     as_of: str,
 ) -> tuple[OpenCall | None, dict | None]:
-    """Return the call state after this change and the call record to publish, if any."""
-    shortfall = im - equity
+    """Return the call state after this change and the call record to publish, if any
+    (amounts in integer cents; ``update_threshold`` in dollars)."""
+    shortfall = im_cents - equity_cents
     if open_call is None:
         if shortfall <= 0:
             return None, None
@@ -45,7 +46,7 @@ def next_call(
         status, new_state = "ISSUED", OpenCall(call_id, shortfall)
     elif shortfall <= 0:
         status, new_state = "SATISFIED", None
-    elif abs(shortfall - open_call.shortfall) >= update_threshold:
+    elif abs(shortfall - open_call.shortfall_cents) >= update_threshold * 100:
         status, new_state = "UPDATED", OpenCall(open_call.call_id, shortfall)
     else:
         return open_call, None
@@ -54,9 +55,9 @@ def next_call(
         "call_id": call_id,
         "account_id": account_id,
         "status": status,
-        "shortfall": money_str(max(shortfall, Decimal(0))),
-        "im": money_str(im),
-        "equity": money_str(equity),
+        "shortfall": cents_str(max(shortfall, 0)),
+        "im": cents_str(im_cents),
+        "equity": cents_str(equity_cents),
         "as_of": as_of,
         "cause": cause.as_dict(),
         "id": record_id(f"call:{status}", account_id, cause),

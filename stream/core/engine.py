@@ -23,7 +23,6 @@ the ``cause`` that produced it.
 from __future__ import annotations
 
 from stream.core.errors import ContractSettled, DuplicateConflict, OutOfOrder, OutOfRange, UnknownContract
-from stream.core.money import ZERO
 from stream.core.positions import Position
 from stream.core.messages import (
     Cause,
@@ -138,7 +137,7 @@ def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Caus
         position = account.positions.pop(contract.contract_id, None)
         if position is not None:
             account.ordered = None
-            account.equity += position.settle_pnl(ev.value, contract.lower_dec, contract.upper_dec)
+            account.equity_cents += position.settle_pnl_cents(ev.value, contract.lower_dec, contract.upper_dec)
         outputs.extend(publish_now(state, account, cause, ev.ts_us))
         src_mark(account.src, cause)
         state.touched.add(f"account:{account.account_id}")
@@ -261,9 +260,9 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
     _remember(state, account, f"t:{ev.trade_id}", ev.fingerprint, ev.ts_us)
     position = account.positions.get(ev.contract_id)
     if position is None:
-        position = account.positions[ev.contract_id] = Position(ZERO, ZERO)
+        position = account.positions[ev.contract_id] = Position()
         account.ordered = None
-    position.add_fill(ev.delta, ev.notional, ev.price)
+    position.add_fill(ev.delta, ev.notional_cents, ev.price_units)
     book = contract.book
     row = book.row_for(account.account_id, account.index)
     book.set(row, position)
@@ -277,7 +276,7 @@ def _apply_movement(state: EngineState, ev: Movement, cause: Cause) -> list[Outp
         return []
     account = get_account(state, ev.account_id)
     _remember(state, account, f"m:{ev.movement_id}", ev.fingerprint, ev.ts_us)
-    account.equity += ev.amount
+    account.equity_cents += ev.amount_cents
     return _account_changed(state, account, cause, ev.ts_us)
 
 

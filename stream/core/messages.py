@@ -114,6 +114,8 @@ class Fill:
     notional: Decimal
     ts_us: int
     fingerprint: str
+    price_units: int  # the price in 1e-8 (exact: at most 8 decimals)
+    notional_cents: int  # exact: at most cent precision
 
     @property
     def delta(self) -> int:
@@ -131,6 +133,7 @@ class Movement:
     amount: Decimal
     ts_us: int
     fingerprint: str
+    amount_cents: int  # exact: at most cent precision
 
     @property
     def event_id(self) -> str:
@@ -283,7 +286,8 @@ def parse_fill(obj: Mapping[str, Any]) -> Fill:
         raise SchemaViolation(f"sub-cent notional {notional}", field="notional")
     ts_us = parse_time_us(_require(obj, "ts"), "ts")
     return Fill(trade_id, account_id, contract_id, side, price, notional, ts_us,
-                fingerprint(trade_id, account_id, contract_id, side, price, notional, ts_us))
+                fingerprint(trade_id, account_id, contract_id, side, price, notional, ts_us),
+                int(price.scaleb(8)), int(notional.scaleb(2)))
 
 
 def parse_movement(obj: Mapping[str, Any]) -> Movement:
@@ -294,7 +298,8 @@ def parse_movement(obj: Mapping[str, Any]) -> Movement:
     if amount != amount.quantize(CENT):
         raise SchemaViolation(f"sub-cent amount {amount}", field="amount")
     ts_us = parse_time_us(_require(obj, "ts"), "ts")
-    return Movement(movement_id, account_id, amount, ts_us, fingerprint(movement_id, account_id, amount, ts_us))
+    return Movement(movement_id, account_id, amount, ts_us, fingerprint(movement_id, account_id, amount, ts_us),
+                    int(amount.scaleb(2)))
 
 
 PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {

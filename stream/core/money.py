@@ -68,3 +68,18 @@ def quantize_cents(amount: Decimal) -> Decimal:
 def money_str(amount: Decimal) -> str:
     """Canonical text of a cent amount, e.g. ``'5333.34'`` or ``'-12.00'``."""
     return str(amount.quantize(CENT))
+
+
+def cents_str(cents: int) -> str:
+    """Canonical text of an amount in integer cents, e.g. ``'5333.34'`` or ``'-12.00'``
+    (the text :func:`money_str` gives the same amount as a Decimal)."""
+    whole, frac = divmod(-cents if cents < 0 else cents, 100)
+    return f"{'-' if cents < 0 else ''}{whole}.{frac:02d}"
+
+
+def to_cents(text: str | Decimal) -> int:
+    """An amount with at most cent precision (a stored row's text) in integer cents."""
+    amount = Decimal(text) * 100
+    if amount != amount.to_integral_value():
+        raise ValueError(f"{text} is not a whole number of cents")
+    return int(amount)

@@ -1,7 +1,9 @@
 """Net positions (SPEC §2.7): exact per account, columnar per contract.
 
-A net position keeps ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact
-as Decimal so that the order of fills never changes them. Its loss at outcome ``K~`` is
+A net position keeps ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact,
+as integers: ``q`` in cents (a notional has at most cent precision) and ``a`` in units of
+``1e-10`` dollar-levels (cents times a price of at most 8 decimals), so the order of fills
+never changes them and a fill costs two integer additions. Its loss at outcome ``K~`` is
 ``(a - q·K~) / R``, exact for any mix of opening and closing fills.
 
 :class:`Book` holds every position in one contract as float64 columns (one row per
@@ -13,90 +15,97 @@ from __future__ import annotations
 
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 
-# Position arithmetic is exact: fills carry at most 12+2 digits of notional and 15+8 of
-# price, so a product has at most 37 significant digits and sums of them fit 60 digits;
-# should that ever not hold, Inexact raises instead of rounding (the sum would then depend
-# on the order of fills).
-EXACT = Context(prec=60, traps=[Inexact, InvalidOperation, Overflow])
-WIDE = Context(prec=60, traps=[InvalidOperation, Overflow])  # for the one division, then cents
-
 import numpy as np
 
 from stream.core.money import quantize_cents
 
+# Settlement P&L: the numerator exact (Inexact raises rather than round: at most 12+2 digits
+# of notional times 15+8 of level fit 60 digits), the one division at 60 digits, then cents.
+EXACT = Context(prec=60, traps=[Inexact, InvalidOperation, Overflow])
+WIDE = Context(prec=60, traps=[InvalidOperation, Overflow])
+Q_SCALE = 100  # q is kept in cents
+A_SCALE = 10**10  # a in 1e-10 dollar-levels: cents x price in 1e-8
+PRICE_SCALE = A_SCALE // Q_SCALE  # a price in 1e-8 units
+
+
+def scaled(value: Decimal, scale: int, what: str) -> int:
+    """``value * scale`` as an exact integer (ValueError when it is not one)."""
+    units = value * scale
+    if units != units.to_integral_value():
+        raise ValueError(f"{what} {value} has more precision than 1/{scale}")
+    return int(units)
+
 
 class Position:
-    """One net position: ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact.
+    """One net position: ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact
+    (``q_cents``, ``a_units``: integers, see the module docstring).
 
     For the per-fill path it also keeps:
 
-    * ``q_float``/``a_float``: ``float(q)``/``float(a)``, refreshed whenever ``q`` or ``a``
-      changes (through :meth:`add_fill` or assignment), so re-margining does not convert
-      Decimals on every call;
+    * ``q_float``/``a_float``: ``q``/``a`` as floats (correctly rounded, as ``float`` of the
+      exact decimal is), refreshed on every fill, so re-margining converts nothing;
     * ``risk``/``risk_version``: the engine's cache of this position's risk components (the
       dict published in requirement records) and the contract state version they were
-      computed at. Any change of ``q`` or ``a`` clears it; the engine recomputes it when the
-      contract's version (rv, tau, conv_f) differs.
+      computed at. A fill clears it; the engine recomputes it when the contract's version
+      (rv, tau, conv_f) differs.
     """
 
-    __slots__ = ("_q", "_a", "q_float", "a_float", "risk", "risk_version")
+    __slots__ = ("q_cents", "a_units", "q_float", "a_float", "risk", "risk_version")
 
-    def __init__(self, q: Decimal, a: Decimal):
-        self._q = q
-        self._a = a
-        self.q_float = float(q)
-        self.a_float = float(a)
+    def __init__(self, q_cents: int = 0, a_units: int = 0):
+        self.q_cents = q_cents
+        self.a_units = a_units
+        self.q_float = q_cents / Q_SCALE  # int / int: correctly rounded
+        self.a_float = a_units / A_SCALE
         self.risk: dict | None = None
         self.risk_version = -1
 
     @property
-    def q(self) -> Decimal:  # Σ δ·N, dollars
-        return self._q
-
-    @q.setter
-    def q(self, value: Decimal) -> None:
-        self._q = value
-        self.q_float = float(value)
-        self.risk = None
+    def q(self) -> Decimal:  # Σ δ·N, dollars, exact
+        return Decimal(self.q_cents).scaleb(-2)
 
     @property
-    def a(self) -> Decimal:  # Σ δ·N·P, dollar-levels
-        return self._a
+    def a(self) -> Decimal:  # Σ δ·N·P, dollar-levels, exact
+        return Decimal(self.a_units).scaleb(-10)
 
-    @a.setter
-    def a(self, value: Decimal) -> None:
-        self._a = value
-        self.a_float = float(value)
+    def add_fill(self, delta: int, notional_cents: int, price_units: int) -> None:
+        """One fill: ``delta`` +1 (buy) or -1, notional in cents, price in 1e-8."""
+        signed = notional_cents if delta > 0 else -notional_cents
+        self.q_cents = q = self.q_cents + signed
+        self.a_units = a = self.a_units + signed * price_units
+        self.q_float = q / Q_SCALE
+        self.a_float = a / A_SCALE
         self.risk = None
 
-    def add_fill(self, delta: int, notional: Decimal, price: Decimal) -> None:
-        signed = notional if delta > 0 else -notional
-        self.q = EXACT.add(self._q, signed)
-        self.a = EXACT.add(self._a, EXACT.multiply(signed, price))
+    def copy(self) -> "Position":
+        twin = Position.__new__(Position)
+        twin.q_cents, twin.a_units, twin.q_float, twin.a_float = self.q_cents, self.a_units, self.q_float, self.a_float
+        twin.risk, twin.risk_version = self.risk, self.risk_version
+        return twin
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Position):
             return NotImplemented
-        return (self._q, self._a) == (other._q, other._a)
+        return (self.q_cents, self.a_units) == (other.q_cents, other.a_units)
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
 
     def __repr__(self) -> str:
-        return f"Position(q={self._q!r}, a={self._a!r})"
+        return f"Position(q={self.q}, a={self.a})"
 
-    def settle_pnl(self, value: Decimal, lower: Decimal, upper: Decimal) -> Decimal:
-        """P&L at settlement: ``-loss(K~) = (q·K~ - a) / R`` with ``K~ = clamp(value)``,
-        rounded half-even to the cent (SPEC §3)."""
+    def settle_pnl_cents(self, value: Decimal, lower: Decimal, upper: Decimal) -> int:
+        """P&L at settlement, in cents: ``-loss(K~) = (q·K~ - a) / R`` with ``K~ =
+        clamp(value)``, rounded half-even to the cent (SPEC §3)."""
         outcome = min(max(value, lower), upper)
         pnl = WIDE.divide(EXACT.subtract(EXACT.multiply(self.q, outcome), self.a), EXACT.subtract(upper, lower))
-        return quantize_cents(pnl)
+        return int(quantize_cents(pnl).scaleb(2))
 
     def as_dict(self) -> dict:
         return {"q": str(self.q), "a": str(self.a)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Position":
-        return cls(Decimal(raw["q"]), Decimal(raw["a"]))
+        return cls(scaled(Decimal(raw["q"]), Q_SCALE, "q"), scaled(Decimal(raw["a"]), A_SCALE, "a"))
 
 
 class Book:

@@ -20,8 +20,8 @@ from typing import Any
 from stream.core.engine import apply
 from stream.core.errors import Rejected, SchemaViolation
 from stream.core.messages import Cause, parse
-from stream.core.money import cents_to_decimal, cents_up, money_str
-from stream.core.positions import Book, Position
+from stream.core.money import cents_str, cents_up
+from stream.core.positions import Book
 from stream.core.requirements import account_risk
 from stream.core.state import Account, ContractState, EngineState
 from stream.core.timeutil import format_time_us
@@ -51,9 +51,9 @@ def margin(state: EngineState, account: Account) -> dict:
     """IM (rounded up to the cent), equity, excess and the per-position components, as a
     requirement record gives them (SPEC §4)."""
     total, positions = account_risk(state, account)
-    im = cents_to_decimal(cents_up(total))
-    return {"im": money_str(im), "equity": money_str(account.equity), "excess": money_str(account.equity - im),
-            "positions": positions}
+    im = cents_up(total)
+    return {"im": cents_str(im), "equity": cents_str(account.equity_cents),
+            "excess": cents_str(account.equity_cents - im), "positions": positions}
 
 
 def account_view(state: EngineState, account_id: str) -> dict | None:
@@ -91,12 +91,11 @@ def _scratch(state: EngineState, account_id: str, contract_ids: set[str]) -> tup
     scratch = EngineState(config=replace(state.config, dedup_horizon_us=None), now_us=state.now_us)
     account = Account(account_id, index=0)
     if live is not None:
-        account.equity, account.call = live.equity, copy.copy(live.call)
-        account.published_im_cents, account.published_equity = live.published_im_cents, live.published_equity
+        account.equity_cents, account.call = live.equity_cents, copy.copy(live.call)
+        account.published_im_cents = live.published_im_cents
+        account.published_equity_cents = live.published_equity_cents
         for cid, position in live.positions.items():
-            twin = Position(position.q, position.a)
-            twin.risk, twin.risk_version = position.risk, position.risk_version  # the cache, valid as is
-            account.positions[cid] = twin
+            account.positions[cid] = position.copy()  # with its risk cache, valid as is
     contracts = dict(state.contracts)
     for cid in contract_ids & contracts.keys():
         twin = object.__new__(ContractState)

@@ -11,7 +11,7 @@ import numpy as np
 
 from stream.core import model
 from stream.core.calls import next_call
-from stream.core.money import cents_to_decimal, cents_up, money_str
+from stream.core.money import cents_str, cents_up
 from stream.core.positions import Position
 from stream.core.messages import (
     Cause,
@@ -86,11 +86,11 @@ def publish(
     """Requirement (if IM or equity moved by a cent) and call records for one account.
     ``positions`` are the per-position components when the caller already has them."""
     im_cents = cents_up(im_total)
-    if account.published_im_cents == im_cents and account.published_equity == account.equity:
+    equity = account.equity_cents
+    if account.published_im_cents == im_cents and account.published_equity_cents == equity:
         return []
     if positions is None:
         _, positions = account_risk(state, account)
-    im = cents_to_decimal(im_cents)
     as_of = _as_of(state, event_us)
     outputs = [
         Output(
@@ -99,9 +99,9 @@ def publish(
             {
                 "account_id": account.account_id,
                 "as_of": as_of,
-                "im": money_str(im),
-                "equity": money_str(account.equity),
-                "excess": money_str(account.equity - im),
+                "im": cents_str(im_cents),
+                "equity": cents_str(equity),
+                "excess": cents_str(equity - im_cents),
                 "positions": positions,
                 "cause": cause.as_dict(),
                 "id": record_id("requirement", account.account_id, cause),
@@ -109,10 +109,10 @@ def publish(
         )
     ]
     account.published_im_cents = im_cents
-    account.published_equity = account.equity
+    account.published_equity_cents = equity
     state.touched.add(f"account:{account.account_id}")
     account.call, call_record = next_call(
-        account.call, account.account_id, im, account.equity, state.config.call_update_threshold, cause, as_of
+        account.call, account.account_id, im_cents, equity, state.config.call_update_threshold, cause, as_of
     )
     if call_record is not None:
         outputs.append(Output(CALLS, account.account_id, call_record))

@@ -18,7 +18,7 @@ import numpy as np
 from stream.core import model
 from stream.core.calls import OpenCall
 from stream.core.model import RiskVector
-from stream.core.money import ZERO
+from stream.core.money import ZERO, cents_str, to_cents
 from stream.core.positions import Book, Position
 from stream.core.messages import (
     Cause,
@@ -116,7 +116,7 @@ class ContractState:
 class Account:
     account_id: str
     index: int
-    equity: Decimal = ZERO
+    equity_cents: int = 0
     positions: dict[str, Position] = field(default_factory=dict)  # open positions
     # "t:<trade_id>"/"m:<movement_id>" -> [fingerprint, ts_us]: the ids applied within the
     # dedup horizon (older ones are pruned, see :func:`_remember`). Persisted one row per id
@@ -125,7 +125,7 @@ class Account:
     seen: dict[str, list] = field(default_factory=dict)
     src: dict[str, int] = field(default_factory=dict)
     published_im_cents: int | None = None
-    published_equity: Decimal | None = None
+    published_equity_cents: int | None = None
     call: OpenCall | None = None
     # The clock value ``seen`` was last pruned at (not persisted: pruning at a given clock
     # value gives the same ``seen`` whenever it runs, since older ids are never added).
@@ -139,11 +139,11 @@ class Account:
     def as_row(self) -> dict:
         return {
             "account_id": self.account_id,
-            "equity": str(self.equity),
+            "equity": cents_str(self.equity_cents),
             "positions": {cid: p.as_dict() for cid, p in self.positions.items()},
             "src": dict(self.src),
             "published_im_cents": self.published_im_cents,
-            "published_equity": None if self.published_equity is None else str(self.published_equity),
+            "published_equity": None if self.published_equity_cents is None else cents_str(self.published_equity_cents),
             "call": None if self.call is None else self.call.as_dict(),
         }
 
@@ -215,11 +215,11 @@ class EngineState:
             state.contracts[contract.contract_id] = contract
         for row in account_rows:
             account = get_account(state, row["account_id"])
-            account.equity = Decimal(row["equity"])
+            account.equity_cents = to_cents(row["equity"])
             account.src = dict(row["src"])
             account.published_im_cents = row["published_im_cents"]
             pe = row["published_equity"]
-            account.published_equity = None if pe is None else Decimal(pe)
+            account.published_equity_cents = None if pe is None else to_cents(pe)
             account.call = OpenCall.from_dict(row["call"])
             for cid, raw in row["positions"].items():
                 position = Position.from_dict(raw)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from stream.core.engine import apply
 from stream.core.errors import Rejected
-from stream.core.money import cents_to_decimal, cents_up, money_str
+from stream.core.money import cents_str, cents_up
 from stream.core.positions import Book
 from stream.core.messages import Cause, parse
 from stream.core.requirements import account_risk
@@ -89,7 +89,7 @@ class Market:
         accounts = []
         for account_id in sorted(state.accounts):
             total, positions = account_risk(state, state.accounts[account_id])
-            accounts.append({"account_id": account_id, "im": money_str(cents_to_decimal(cents_up(total))),
+            accounts.append({"account_id": account_id, "im": cents_str(cents_up(total)),
                              "positions": positions})
         return {"accounts": accounts}
 
