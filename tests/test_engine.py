@@ -472,3 +472,21 @@ def test_a_fill_rewrites_o1_bytes_however_many_ids_the_account_remembers():
     assert len(deleted) == 300 and driver.state.row(seen_key("ACME", "t:LATE")) is not None
     restored = EngineState.from_rows(driver.state.rows())
     assert restored.accounts["ACME"].seen == driver.state.accounts["ACME"].seen
+
+
+def test_positions_are_exact_integers_that_round_trip_through_rows():
+    """q in cents and a in 1e-10 dollar-levels: the row text reads back to the same
+    integers, the Decimals are exact beyond Decimal's default 28 digits, and the floats
+    are the correctly rounded values of the exact decimals."""
+    import random
+
+    from stream.core.positions import Position
+
+    rnd = random.Random(7)
+    for _ in range(5000):
+        position = Position(rnd.randint(-10**16, 10**16), rnd.randint(-10**32, 10**32))
+        row = position.as_dict()
+        assert Position.from_dict(row) == position
+        assert Decimal(row["q"]) == position.q and Decimal(row["a"]) == position.a
+        assert position.q_float == float(position.q) and position.a_float == float(position.a)
+    assert Position.from_dict({"q": "-10000", "a": "4600000000"}) == Position(-1_000_000, 46 * 10**18)  # older rows

@@ -8,6 +8,7 @@ as UPDATED; when equity covers IM again the call is SATISFIED and closes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from decimal import Decimal
 
 from stream.core.messages import Cause, record_id
@@ -25,6 +26,11 @@ class OpenCall:
     @classmethod
     def from_dict(cls, raw: dict | None) -> "OpenCall | None":
         return None if raw is None else cls(raw["call_id"], to_cents(raw["shortfall"]))
+
+
+@lru_cache(maxsize=16)
+def _cents(dollars: Decimal) -> Decimal:
+    return dollars * 100
 
 
 def next_call(
@@ -46,7 +52,7 @@ def next_call(
         status, new_state = "ISSUED", OpenCall(call_id, shortfall)
     elif shortfall <= 0:
         status, new_state = "SATISFIED", None
-    elif abs(shortfall - open_call.shortfall_cents) >= update_threshold * 100:
+    elif abs(shortfall - open_call.shortfall_cents) >= _cents(update_threshold):
         status, new_state = "UPDATED", OpenCall(open_call.call_id, shortfall)
     else:
         return open_call, None

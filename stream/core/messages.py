@@ -159,6 +159,11 @@ def decode(raw: bytes | str) -> dict:
 def _check_depth(obj: Any) -> None:
     """Reject nesting deeper than :data:`MAX_DEPTH` (no message of SPEC §4 is deeper than
     3, and JSON encoders refuse to write very deep values back)."""
+    for value in obj.values():  # the usual flat message: one pass, nothing to descend into
+        if type(value) is dict or type(value) is list:
+            break
+    else:
+        return
     level = [obj]
     for _depth in range(MAX_DEPTH):
         level = [v for item in level for v in (item.values() if isinstance(item, dict) else item)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation, Overflow
 
 from stream.core.errors import SchemaViolation
 
@@ -77,9 +77,12 @@ def cents_str(cents: int) -> str:
     return f"{'-' if cents < 0 else ''}{whole}.{frac:02d}"
 
 
+_EXACT = Context(prec=60, traps=[Inexact, InvalidOperation, Overflow])
+
+
 def to_cents(text: str | Decimal) -> int:
     """An amount with at most cent precision (a stored row's text) in integer cents."""
-    amount = Decimal(text) * 100
+    amount = Decimal(text).scaleb(2, _EXACT)
     if amount != amount.to_integral_value():
         raise ValueError(f"{text} is not a whole number of cents")
     return int(amount)

@@ -30,10 +30,16 @@ PRICE_SCALE = A_SCALE // Q_SCALE  # a price in 1e-8 units
 
 def scaled(value: Decimal, scale: int, what: str) -> int:
     """``value * scale`` as an exact integer (ValueError when it is not one)."""
-    units = value * scale
+    units = EXACT.multiply(value, scale)
     if units != units.to_integral_value():
         raise ValueError(f"{what} {value} has more precision than 1/{scale}")
     return int(units)
+
+
+def _fixed(units: int, decimals: int) -> str:
+    """``units * 10**-decimals`` as plain decimal text, e.g. ``_fixed(-5, 2) == '-0.05'``."""
+    whole, frac = divmod(-units if units < 0 else units, 10**decimals)
+    return f"{'-' if units < 0 else ''}{whole}.{frac:0{decimals}d}"
 
 
 class Position:
@@ -62,11 +68,11 @@ class Position:
 
     @property
     def q(self) -> Decimal:  # Σ δ·N, dollars, exact
-        return Decimal(self.q_cents).scaleb(-2)
+        return Decimal(self.q_cents).scaleb(-2, EXACT)
 
     @property
     def a(self) -> Decimal:  # Σ δ·N·P, dollar-levels, exact
-        return Decimal(self.a_units).scaleb(-10)
+        return Decimal(self.a_units).scaleb(-10, EXACT)
 
     def add_fill(self, delta: int, notional_cents: int, price_units: int) -> None:
         """One fill: ``delta`` +1 (buy) or -1, notional in cents, price in 1e-8."""
@@ -101,7 +107,8 @@ class Position:
         return int(quantize_cents(pnl).scaleb(2))
 
     def as_dict(self) -> dict:
-        return {"q": str(self.q), "a": str(self.a)}
+        """``q`` and ``a`` as exact decimal text (``q`` with 2 decimals, ``a`` with 10)."""
+        return {"q": _fixed(self.q_cents, 2), "a": _fixed(self.a_units, 10)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Position":

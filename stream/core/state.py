@@ -271,7 +271,10 @@ def row_order(key: str) -> tuple[int, str]:
     then accounts, whose positions name contracts: in this order every prefix of a batch's
     rows loads with :meth:`EngineState.from_rows` (the worker goes further and rolls a
     partly written batch back altogether, see :mod:`stream.worker.durable`)."""
-    return ({"clock": 0, "contract": 1, "seen": 2}.get(key.partition(":")[0], 3), key)
+    return (_ROW_RANK.get(key.partition(":")[0], 3), key)
+
+
+_ROW_RANK = {"clock": 0, "contract": 1, "seen": 2}
 
 
 # Source of ContractState.version values: unique in the process, so a version can never be

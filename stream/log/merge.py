@@ -99,7 +99,8 @@ def release(task: TaskInputs, ends: dict[Hashable, End], idle_s: float, now: flo
         heads = [(_order(name(tp), buf[0]), tp) for tp, buf in task.buffers.items() if buf]
         if not heads:
             return released, set(), None
-        _key, tp = min(heads, key=lambda h: h[0])
+        heads.sort(key=lambda h: h[0])
+        _key, tp = heads[0]
         head = task.buffers[tp][0]
         ask: set[Hashable] = set()
         fetching = False
@@ -115,6 +116,14 @@ def release(task: TaskInputs, ends: dict[Hashable, End], idle_s: float, now: flo
             return released, ask, None
         if idle_s > 0 and any(not buf for buf in task.buffers.values()) and now - head.received < idle_s:
             return released, set(), idle_s - (now - head.received)
-        task.buffers[tp].popleft()
-        task.forwarded[tp] = head.offset + 1
-        released.append((tp, head))
+        # the head goes, and with it the records of its partition that come before every
+        # other partition's head and arrived with it (the checks above hold for them alike)
+        limit = heads[1][0] if len(heads) > 1 else None
+        buf, logical = task.buffers[tp], name(tp)
+        while buf:
+            record = buf[0]
+            if record.received > head.received or (limit is not None and _order(logical, record) > limit):
+                break
+            buf.popleft()
+            task.forwarded[tp] = record.offset + 1
+            released.append((tp, record))
