@@ -8,7 +8,6 @@ as UPDATED; when equity covers IM again the call is SATISFIED and closes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from decimal import Decimal
 
 from stream.core.messages import Cause, record_id
@@ -28,22 +27,17 @@ class OpenCall:
         return None if raw is None else cls(raw["call_id"], to_cents(raw["shortfall"]))
 
 
-@lru_cache(maxsize=16)
-def _cents(dollars: Decimal) -> Decimal:
-    return dollars * 100
-
-
 def next_call(
     open_call: OpenCall | None,
     account_id: str,
     im_cents: int,
     equity_cents: int,
-    update_threshold: Decimal,
+    update_threshold_cents: int | Decimal,
     cause: Cause,
     as_of: str,
 ) -> tuple[OpenCall | None, dict | None]:
     """Return the call state after this change and the call record to publish, if any
-    (amounts in integer cents; ``update_threshold`` in dollars)."""
+    (amounts in integer cents)."""
     shortfall = im_cents - equity_cents
     if open_call is None:
         if shortfall <= 0:
@@ -52,7 +46,7 @@ def next_call(
         status, new_state = "ISSUED", OpenCall(call_id, shortfall)
     elif shortfall <= 0:
         status, new_state = "SATISFIED", None
-    elif abs(shortfall - open_call.shortfall_cents) >= _cents(update_threshold):
+    elif abs(shortfall - open_call.shortfall_cents) >= update_threshold_cents:
         status, new_state = "UPDATED", OpenCall(open_call.call_id, shortfall)
     else:
         return open_call, None

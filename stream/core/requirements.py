@@ -112,7 +112,7 @@ def publish(
     account.published_equity_cents = equity
     state.touched.add(f"account:{account.account_id}")
     account.call, call_record = next_call(
-        account.call, account.account_id, im_cents, equity, state.config.call_update_threshold, cause, as_of
+        account.call, account.account_id, im_cents, equity, state.config.call_update_threshold_cents, cause, as_of
     )
     if call_record is not None:
         outputs.append(Output(CALLS, account.account_id, call_record))

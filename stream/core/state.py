@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from functools import cached_property
 from decimal import Decimal
 from typing import Any, Iterable
 
@@ -46,6 +47,12 @@ class EngineConfig:
     # How long (event time, µs) fill and movement ids are remembered for deduplication;
     # None remembers them forever. See :func:`_check_horizon`.
     dedup_horizon_us: int | None = 7 * 86_400 * 1_000_000
+
+    @cached_property
+    def call_update_threshold_cents(self) -> int | Decimal:
+        """The threshold in cents: an int when it is whole cents (compared int to int)."""
+        cents = self.call_update_threshold * 100
+        return int(cents) if cents == cents.to_integral_value() else cents
 
 
 def _src_key(cause: Cause) -> str:
