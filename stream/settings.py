@@ -30,7 +30,15 @@ class Settings:
     session_timeout_s: float = setting("KPIMARGIN_SESSION_TIMEOUT_S", 10.0, "Consumer-group session timeout; a group join takes about half of it.")
     commit_interval_s: float = setting("KPIMARGIN_COMMIT_INTERVAL_S", 1.0, "How often consumed offsets are committed.")
     fetch_max_wait_ms: int = setting(
-        "KPIMARGIN_FETCH_MAX_WAIT_MS", 100, "Longest a consumer fetch waits for data (faust hard-codes 1500 ms; brokers that do not wake fetches on produce add it to latency)."
+        "KPIMARGIN_FETCH_MAX_WAIT_MS", 100, "Longest a fetch of the router's consumer (the input topics) waits for data (brokers that do not wake fetches on produce add it to latency)."
+    )
+    agent_fetch_max_wait_ms: int = setting(
+        "KPIMARGIN_AGENT_FETCH_MAX_WAIT_MS", 100,
+        "Longest a fetch of faust's consumer (margin.log for the log agent, and the state changelog) waits for KPIMARGIN_AGENT_FETCH_MIN_BYTES: the log records this worker's router writes are applied when it hands them over, so fetching them back only acknowledges them.",
+    )
+    agent_fetch_min_bytes: int = setting(
+        "KPIMARGIN_AGENT_FETCH_MIN_BYTES", 65_536,
+        "Least data a fetch of faust's consumer waits for (up to KPIMARGIN_AGENT_FETCH_MAX_WAIT_MS): fewer, larger fetches of records already applied.",
     )
     producer_linger_ms: float = setting(
         "KPIMARGIN_PRODUCER_LINGER_MS", 5.0, "How long the producer waits to batch records into one request (latency vs. throughput)."
@@ -133,6 +141,9 @@ class Settings:
         if self.request_timeout_s <= 0 or self.stall_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("KPIMARGIN_REQUEST_TIMEOUT_S, KPIMARGIN_STALL_TIMEOUT_S and KPIMARGIN_CONNECT_TIMEOUT_S "
                              "must be positive")
+        if self.agent_fetch_max_wait_ms < 0 or self.agent_fetch_min_bytes < 1 or self.fetch_max_wait_ms < 0:
+            raise ValueError("KPIMARGIN_FETCH_MAX_WAIT_MS and KPIMARGIN_AGENT_FETCH_MAX_WAIT_MS must be 0 or more "
+                             "milliseconds, KPIMARGIN_AGENT_FETCH_MIN_BYTES at least 1")
         if self.max_idle_ms < 0:
             raise ValueError("KPIMARGIN_MAX_IDLE_MS must be 0 or a number of milliseconds")
         if self.dedup_horizon_s < 0:

@@ -23,7 +23,6 @@ the ``cause`` that produced it.
 from __future__ import annotations
 
 from stream.core.errors import ContractSettled, DuplicateConflict, OutOfOrder, OutOfRange, UnknownContract
-from stream.core.positions import Position
 from stream.core.messages import (
     Cause,
     Event,
@@ -37,6 +36,7 @@ from stream.core.messages import (
 from stream.core.requirements import holders_of, position_components, publish_now, remargin
 from stream.core.state import (
     Account,
+    add_position,
     ContractState,
     EngineState,
     Output,
@@ -136,7 +136,6 @@ def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Caus
             continue
         position = account.positions.pop(contract.contract_id, None)
         if position is not None:
-            account.ordered = None
             account.equity_cents += position.settle_pnl_cents(ev.value, contract.lower_dec, contract.upper_dec)
         outputs.extend(publish_now(state, account, cause, ev.ts_us))
         src_mark(account.src, cause)
@@ -260,8 +259,7 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
     _remember(state, account, f"t:{ev.trade_id}", ev.fingerprint, ev.ts_us)
     position = account.positions.get(ev.contract_id)
     if position is None:
-        position = account.positions[ev.contract_id] = Position()
-        account.ordered = None
+        position = add_position(account, ev.contract_id)
     position.add_fill(ev.delta, ev.notional_cents, ev.price_units)
     book = contract.book
     row = book.row_for(account.account_id, account.index)

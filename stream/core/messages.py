@@ -29,6 +29,7 @@ MAX_HISTORY = 10_000
 MAX_NOTIONAL_USD = Decimal(10) ** 12
 MAX_ABS_AMOUNT_USD = Decimal(10) ** 15
 MAX_LEVEL = 1e15
+MAX_LEVEL_DECIMAL = Decimal(MAX_LEVEL)
 MAX_DEPTH = 16
 MAX_PRICE_DECIMALS = 8
 
@@ -44,6 +45,7 @@ class Cause:
     id: str
 
     def as_dict(self) -> dict:
+        """As records carry it (a new dict each call: records own theirs)."""
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "id": self.id}
 
     @classmethod
@@ -281,18 +283,20 @@ def parse_fill(obj: Mapping[str, Any]) -> Fill:
     side = _require(obj, "side")
     if side not in ("BUY", "SELL"):
         raise SchemaViolation(f"must be 'BUY' or 'SELL', got {str(side)[:32]!r}", field="side")
-    price = _decimal(obj, "price", Decimal(MAX_LEVEL))
+    price = _decimal(obj, "price", MAX_LEVEL_DECIMAL)
     if -price.as_tuple().exponent > MAX_PRICE_DECIMALS:  # type: ignore[operator]
         raise SchemaViolation(f"more than {MAX_PRICE_DECIMALS} decimal places: {price}", field="price")
     notional = _decimal(obj, "notional", MAX_NOTIONAL_USD)
     if notional <= 0:
         raise OutOfRange(f"must be positive, got {notional}", field="notional", reason="non_positive_notional")
-    if notional != notional.quantize(CENT):
+    cents = notional.scaleb(2)
+    notional_cents = int(cents)
+    if cents != notional_cents:
         raise SchemaViolation(f"sub-cent notional {notional}", field="notional")
     ts_us = parse_time_us(_require(obj, "ts"), "ts")
     return Fill(trade_id, account_id, contract_id, side, price, notional, ts_us,
                 fingerprint(trade_id, account_id, contract_id, side, price, notional, ts_us),
-                int(price.scaleb(8)), int(notional.scaleb(2)))
+                int(price.scaleb(8)), notional_cents)
 
 
 def parse_movement(obj: Mapping[str, Any]) -> Movement:

@@ -73,8 +73,11 @@ def money_str(amount: Decimal) -> str:
 def cents_str(cents: int) -> str:
     """Canonical text of an amount in integer cents, e.g. ``'5333.34'`` or ``'-12.00'``
     (the text :func:`money_str` gives the same amount as a Decimal)."""
-    whole, frac = divmod(-cents if cents < 0 else cents, 100)
-    return f"{'-' if cents < 0 else ''}{whole}.{frac:02d}"
+    if cents < 0:
+        digits = str(-cents).rjust(3, "0")
+        return f"-{digits[:-2]}.{digits[-2:]}"
+    digits = str(cents).rjust(3, "0")
+    return f"{digits[:-2]}.{digits[-2:]}"
 
 
 _EXACT = Context(prec=60, traps=[Inexact, InvalidOperation, Overflow])

@@ -23,14 +23,10 @@ from stream.core.topics import CALLS, REQUIREMENTS
 
 
 def ordered_positions(state: EngineState, account: Account) -> list[tuple[ContractState, Position]]:
-    """The account's open positions in contract_id order, rebuilt only after ``positions``
-    gained or lost a contract (callers that do so reset ``account.ordered`` to None)."""
-    pairs = account.ordered
-    if pairs is None:
-        pairs = [(state.contracts[cid], p) for cid, p in account.positions.items()]
-        pairs.sort(key=lambda pair: pair[0].contract_id)
-        account.ordered = pairs
-    return pairs
+    """The account's open positions with their contracts, in contract_id order (the order
+    ``account.positions`` keeps: see :class:`stream.core.state.Account`)."""
+    contracts = state.contracts
+    return [(contracts[cid], p) for cid, p in account.positions.items()]
 
 
 def position_components(contract: ContractState, position: Position, account_id: str | None = None) -> dict:
@@ -63,7 +59,9 @@ def account_risk(state: EngineState, account: Account) -> tuple[float, list[dict
     components are stale are re-margined (see :func:`position_components`)."""
     total = 0.0
     positions = []
-    for contract, position in ordered_positions(state, account):
+    contracts = state.contracts
+    for cid, position in account.positions.items():  # in contract_id order
+        contract = contracts[cid]
         risk = position.risk  # inlined fast path of position_components
         if risk is None or position.risk_version != contract.version:
             risk = position_components(contract, position, account.account_id)

@@ -124,7 +124,10 @@ class Account:
     account_id: str
     index: int
     equity_cents: int = 0
-    positions: dict[str, Position] = field(default_factory=dict)  # open positions
+    # The open positions, kept in contract_id order: the order account IMs are summed in,
+    # the same in every partition and every run whatever the order of listings and fills
+    # (see :func:`add_position`).
+    positions: dict[str, Position] = field(default_factory=dict)
     # "t:<trade_id>"/"m:<movement_id>" -> [fingerprint, ts_us]: the ids applied within the
     # dedup horizon (older ones are pruned, see :func:`_remember`). Persisted one row per id
     # (see :func:`seen_key`), not in the account's row: a fill then writes O(1) bytes, not
@@ -137,11 +140,6 @@ class Account:
     # The clock value ``seen`` was last pruned at (not persisted: pruning at a given clock
     # value gives the same ``seen`` whenever it runs, since older ids are never added).
     pruned_at_us: int | None = field(default=None, repr=False, compare=False)
-    # The open positions with their contracts, in contract_id order: the order account IMs
-    # are summed in, the same in every partition and every run whatever the listing order.
-    # None when ``positions`` gained or lost a contract
-    # since it was built; see :func:`ordered_positions`.
-    ordered: list[tuple[ContractState, Position]] | None = field(default=None, repr=False, compare=False)
 
     def as_row(self) -> dict:
         return {
@@ -228,10 +226,9 @@ class EngineState:
             pe = row["published_equity"]
             account.published_equity_cents = None if pe is None else to_cents(pe)
             account.call = OpenCall.from_dict(row["call"])
-            for cid, raw in row["positions"].items():
+            for cid, raw in sorted(row["positions"].items()):
                 position = Position.from_dict(raw)
                 account.positions[cid] = position
-                account.ordered = None
                 contract = state.contracts[cid]
                 contract.book.set(contract.book.row_for(account.account_id, account.index), position)
         for (account_id, id_key), entry in sorted(seen_rows):
@@ -347,6 +344,17 @@ def book_risk_dicts(contract: ContractState) -> tuple[list, list, list] | None:
         ]
         cached.rows = (ql, cached.a.tolist(), dicts)
     return cached.rows
+
+
+def add_position(account: Account, contract_id: str) -> Position:
+    """A new, empty position of ``account`` in ``contract_id``, kept in contract_id order."""
+    position = Position()
+    positions = account.positions
+    out_of_order = any(cid > contract_id for cid in positions)
+    positions[contract_id] = position
+    if out_of_order:
+        account.positions = dict(sorted(positions.items()))
+    return position
 
 
 def get_account(state: EngineState, account_id: str) -> Account:

@@ -91,12 +91,12 @@ def writing_for(p: int):
         _current_event.reset(token)
 
 
-def patch_fetch_wait(max_wait_ms: int) -> None:
+def patch_fetch_wait(max_wait_ms: int, min_bytes: int = 1) -> None:
     """faust's aiokafka driver passes ``fetch_max_wait_ms=1500`` to every consumer it
     creates (``faust/transport/drivers/aiokafka.py``, ``_create_worker_consumer``) and has
-    no setting for it; on a broker that sleeps out the wait (Tansu) that is 1.5 s of
-    latency. The driver module's ``aiokafka`` name is replaced by a proxy whose consumer
-    class overrides the value."""
+    no setting for it (nor for ``fetch_min_bytes``); on a broker that sleeps out the wait
+    (Tansu) that is 1.5 s of latency. The driver module's ``aiokafka`` name is replaced by
+    a proxy whose consumer class sets both."""
     import aiokafka
     from faust.transport.drivers import aiokafka as driver
 
@@ -105,6 +105,7 @@ def patch_fetch_wait(max_wait_ms: int) -> None:
     class Consumer(base):  # type: ignore[misc, valid-type]
         def __init__(self, *topics, **kwargs):
             kwargs["fetch_max_wait_ms"] = max_wait_ms
+            kwargs["fetch_min_bytes"] = min_bytes
             super().__init__(*topics, **kwargs)
 
     proxy = types.ModuleType("aiokafka")

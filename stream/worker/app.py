@@ -102,7 +102,7 @@ class App(faust.App):
 def create_app(settings: Settings, http_socket=None) -> faust.App:
     """The worker's faust app; with ``http_socket`` (bound by :func:`stream.worker.http.bind`)
     it serves the HTTP API there too."""
-    shim.patch_fetch_wait(settings.fetch_max_wait_ms)
+    shim.patch_fetch_wait(settings.agent_fetch_max_wait_ms, settings.agent_fetch_min_bytes)
     app = App(settings.app_id, autodiscover=False, **faust_config(settings))
     log_topic = app.topic(settings.topic(LOG), key_type=bytes, value_type=bytes, partitions=settings.partitions)
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
