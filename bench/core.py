@@ -307,8 +307,8 @@ def bench_flash_apply(fx: Fixture, n: int, warmup: int) -> list[float]:
 
 
 def bench_account_risk(fx: Fixture, batches: int, per_batch: int) -> list[float]:
-    """``requirements.account_risk`` with every position's cached components valid (as for the
-    9 positions a fill does not touch): sum 10 IMs, copy 10 dicts for the record."""
+    """``requirements.account_risk`` with every position's book row current (as for the
+    9 positions a fill does not touch): sum 10 IMs, build 10 dicts for the record."""
     state, account = fx.state, fx.account
     fn = requirements.account_risk
     gc.collect()
@@ -316,17 +316,17 @@ def bench_account_risk(fx: Fixture, batches: int, per_batch: int) -> list[float]
 
 
 def bench_account_risk_cold(fx: Fixture, n: int, warmup: int) -> list[float]:
-    """``requirements.account_risk`` with all 10 cached components dropped first (untimed): 10
-    O(1) position IMs and dicts -- what every fill cost before the per-position cache."""
+    """``requirements.account_risk`` with all 10 positions' book rows made stale first
+    (untimed): 10 O(1) position IMs and dicts -- what a tick's first record costs per account."""
     state, account = fx.state, fx.account
-    positions = list(account.positions.values())
+    books = [state.contracts[cid].book for cid in account.positions]
     fn = requirements.account_risk
     clock = time.perf_counter
     out = []
     gc.collect()
     for i in range(warmup + n):
-        for position in positions:
-            position.risk = None
+        for book in books:
+            book.version[: book.n] = -1
         t0 = clock()
         fn(state, account)
         dt = clock() - t0

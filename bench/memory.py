@@ -7,7 +7,9 @@ accounts holding one position in each (10 x accounts positions), through
 ``engine.apply`` of real parsed fills, and prints one JSON line: resident set size
 (``/proc/self/status`` VmRSS) before and after, and the growth per 100,000 positions.
 The fills are generated and applied one at a time, so the figure is the state itself
-(positions, books, accounts with their dedup ids, risk caches), not the input.
+(positions, books with their risk columns, accounts with their dedup ids), not the input;
+the set of rows changed since the last batch is emptied every 2,000 fills, as the
+worker's batch boundary does (``KPIMARGIN_BATCH_MAX``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def build(accounts: int) -> tuple[core_state.EngineState, int]:
                     "side": "BUY" if (a + i) % 2 else "SELL", "price": mid, "notional": 1_000 + a % 997, "ts": FILL_TS}
             apply(FILLS, fill, fill["trade_id"])
             positions += 1
+            if positions % 2000 == 0:  # a batch boundary: the worker takes (and clears) the rows it changed
+                state.touched.clear()
     return state, positions
 
 

@@ -33,7 +33,7 @@ from stream.core.messages import (
     Settlement,
     Tick,
 )
-from stream.core.requirements import holders_of, position_components, publish_now, remargin
+from stream.core.requirements import holders_of, publish_now, remargin
 from stream.core.state import (
     Account,
     add_position,
@@ -48,6 +48,7 @@ from stream.core.state import (
     set_time,
     src_mark,
     src_seen,
+    store_position_risk,
 )
 from stream.core.timeutil import format_time_us
 
@@ -202,7 +203,7 @@ def _remember(state: EngineState, account: Account, key: str, fp: str, ts_us: in
                 state.touched.add(seen_key(account.account_id, k))  # a deleted row
         account.seen = kept
         account.pruned_at_us = state.now_us
-    account.seen[key] = [fp, ts_us]
+    account.seen[key] = (fp, ts_us)
     state.touched.add(seen_key(account.account_id, key))
 
 
@@ -265,7 +266,7 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
     row = book.row_for(account.account_id, account.index)
     book.set(row, position)
     # The scalar IM equals the vectorised one bit for bit (same float inputs, same ops).
-    book.im[row] = position_components(contract, position)["im"]
+    store_position_risk(contract, row, position)
     return _account_changed(state, account, cause, ev.ts_us)
 
 

@@ -46,25 +46,19 @@ class Position:
     """One net position: ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact
     (``q_cents``, ``a_units``: integers, see the module docstring).
 
-    For the per-fill path it also keeps:
-
-    * ``q_float``/``a_float``: ``q``/``a`` as floats (correctly rounded, as ``float`` of the
-      exact decimal is), refreshed on every fill, so re-margining converts nothing;
-    * ``risk``/``risk_version``: the engine's cache of this position's risk components (the
-      dict published in requirement records) and the contract state version they were
-      computed at. A fill clears it; the engine recomputes it when the contract's version
-      (rv, tau, conv_f) differs.
+    For the per-fill path it also keeps ``q_float``/``a_float``: ``q``/``a`` as floats
+    (correctly rounded, as ``float`` of the exact decimal is), refreshed on every fill, so
+    re-margining converts nothing. Its risk components live in its contract's
+    :class:`Book` row.
     """
 
-    __slots__ = ("q_cents", "a_units", "q_float", "a_float", "risk", "risk_version")
+    __slots__ = ("q_cents", "a_units", "q_float", "a_float")
 
     def __init__(self, q_cents: int = 0, a_units: int = 0):
         self.q_cents = q_cents
         self.a_units = a_units
         self.q_float = q_cents / Q_SCALE  # int / int: correctly rounded
         self.a_float = a_units / A_SCALE
-        self.risk: dict | None = None
-        self.risk_version = -1
 
     @property
     def q(self) -> Decimal:  # Σ δ·N, dollars, exact
@@ -81,12 +75,10 @@ class Position:
         self.a_units = a = self.a_units + signed * price_units
         self.q_float = q / Q_SCALE
         self.a_float = a / A_SCALE
-        self.risk = None
 
     def copy(self) -> "Position":
         twin = Position.__new__(Position)
         twin.q_cents, twin.a_units, twin.q_float, twin.a_float = self.q_cents, self.a_units, self.q_float, self.a_float
-        twin.risk, twin.risk_version = self.risk, self.risk_version
         return twin
 
     def __eq__(self, other: object) -> bool:
@@ -116,7 +108,12 @@ class Position:
 
 
 class Book:
-    """All positions in one contract, column-wise: ``account_idx``, ``q``, ``a``, ``im``."""
+    """All positions in one contract, column-wise: ``account_idx``, ``q``, ``a``, and each
+    row's risk components -- ``im`` and ``parts`` (max_loss, es, stress, conv, stat, conc:
+    the order of :func:`stream.core.model.position_components` after im) -- with the
+    contract ``version`` they were computed at (-1: not yet). Rows never move."""
+
+    PARTS = 6
 
     def __init__(self, capacity: int = 16):
         self.rows: dict[str, int] = {}
@@ -125,13 +122,15 @@ class Book:
         self.q = np.zeros(capacity)
         self.a = np.zeros(capacity)
         self.im = np.zeros(capacity)
+        self.parts = np.zeros((capacity, self.PARTS))
+        self.version = np.full(capacity, -1, dtype=np.int64)
         self.n = 0
 
     def _grow(self) -> None:
         capacity = max(16, 2 * self.q.size)
-        for name in ("account_idx", "q", "a", "im"):
+        for name in ("account_idx", "q", "a", "im", "parts", "version"):
             old = getattr(self, name)
-            new = np.zeros(capacity, dtype=old.dtype)
+            new = np.full((capacity, *old.shape[1:]), -1 if name == "version" else 0, dtype=old.dtype)
             new[: self.n] = old[: self.n]
             setattr(self, name, new)
 
@@ -150,6 +149,7 @@ class Book:
     def set(self, row: int, position: Position) -> None:
         self.q[row] = position.q_float
         self.a[row] = position.a_float
+        self.version[row] = -1  # its components no longer match it
 
     def columns(self) -> tuple[np.ndarray, np.ndarray]:
         return self.q[: self.n], self.a[: self.n]

@@ -23,7 +23,7 @@ from stream.core.messages import Cause, parse
 from stream.core.money import cents_str, cents_up
 from stream.core.positions import Book
 from stream.core.requirements import account_risk
-from stream.core.state import Account, ContractState, EngineState
+from stream.core.state import Account, ContractState, EngineState, store_position_risk
 from stream.core.timeutil import format_time_us
 from stream.core.topics import FILLS
 
@@ -95,15 +95,17 @@ def _scratch(state: EngineState, account_id: str, contract_ids: set[str]) -> tup
         account.published_im_cents = live.published_im_cents
         account.published_equity_cents = live.published_equity_cents
         for cid, position in live.positions.items():
-            account.positions[cid] = position.copy()  # with its risk cache, valid as is
+            account.positions[cid] = position.copy()
     contracts = dict(state.contracts)
     for cid in contract_ids & contracts.keys():
         twin = object.__new__(ContractState)
         twin.__dict__.update(contracts[cid].__dict__)
-        twin.book, twin.src, twin.book_risk = Book(), {}, None
+        twin.book, twin.src = Book(), {}
         position = account.positions.get(cid)
         if position is not None:
-            twin.book.set(twin.book.row_for(account_id, account.index), position)
+            row = twin.book.row_for(account_id, account.index)
+            twin.book.set(row, position)
+            store_position_risk(twin, row, position)
         contracts[cid] = twin
     scratch.contracts = contracts
     scratch.accounts[account_id] = account

@@ -9,64 +9,31 @@ from typing import Iterable
 
 import numpy as np
 
-from stream.core import model
 from stream.core.calls import next_call
 from stream.core.money import cents_str, cents_up
-from stream.core.positions import Position
 from stream.core.messages import (
     Cause,
     record_id,
 )
-from stream.core.state import Account, ContractState, EngineState, Output, book_risk_dicts, src_mark, src_seen
+from stream.core.state import Account, ContractState, EngineState, Output, position_record, src_mark, src_seen
 from stream.core.timeutil import format_time_us
 from stream.core.topics import CALLS, REQUIREMENTS
 
 
-def ordered_positions(state: EngineState, account: Account) -> list[tuple[ContractState, Position]]:
-    """The account's open positions with their contracts, in contract_id order (the order
-    ``account.positions`` keeps: see :class:`stream.core.state.Account`)."""
-    contracts = state.contracts
-    return [(contracts[cid], p) for cid, p in account.positions.items()]
-
-
-def position_components(contract: ContractState, position: Position, account_id: str | None = None) -> dict:
-    """The position's risk components (the requirement record's per-position dict), cached
-    on the position until the position (fill) or the contract state (version) changes.
-    Taken from the book's vectorised re-margin when that saw this very (q, a) -- the same
-    operations on the same floats, so the same bits (a property test checks) -- else
-    computed by the scalar formula. Treat the result as read-only: it is the cache itself."""
-    risk = position.risk
-    if risk is None or position.risk_version != contract.version:
-        risk = None
-        cached = book_risk_dicts(contract) if account_id is not None else None
-        if cached is not None:
-            row = contract.book.rows.get(account_id)
-            if row is not None and row < len(cached[0]) and cached[0][row] == position.q_float \
-                    and cached[1][row] == position.a_float:
-                risk = cached[2][row]
-        if risk is None:
-            risk = model.position_risk_dict(
-                contract.contract_id, position.q_float, position.a_float, contract.rv, contract.tau, contract.conv_f
-            )
-        position.risk = risk
-        position.risk_version = contract.version
-    return risk
-
-
 def account_risk(state: EngineState, account: Account) -> tuple[float, list[dict]]:
     """Account IM (sum of position IMs in contract_id order) and the per-position components
-    (fresh dicts, which the caller may keep or change). Only positions whose cached
-    components are stale are re-margined (see :func:`position_components`)."""
+    (fresh dicts, which the caller may keep or change), read from the contracts' book rows;
+    a row not current (its position or its contract changed since) is re-margined first
+    (:func:`stream.core.state.position_record`)."""
     total = 0.0
     positions = []
     contracts = state.contracts
+    account_id = account.account_id
     for cid, position in account.positions.items():  # in contract_id order
         contract = contracts[cid]
-        risk = position.risk  # inlined fast path of position_components
-        if risk is None or position.risk_version != contract.version:
-            risk = position_components(contract, position, account.account_id)
-        total += risk["im"]
-        positions.append(risk.copy())
+        im, record = position_record(contract, contract.book.rows[account_id], position)
+        total += im
+        positions.append(record)
     return total, positions
 
 

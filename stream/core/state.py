@@ -70,17 +70,6 @@ def src_mark(src: dict[str, int], cause: Cause) -> None:
 
 
 @dataclass
-class BookRisk:
-    """A contract book's last vectorised re-margin (:func:`refresh_book`)."""
-
-    version: int  # the contract version it was computed at
-    q: np.ndarray  # the (q, a) columns it saw
-    a: np.ndarray
-    risk: model.RiskArrays
-    rows: tuple[list, list, list] | None = None  # (q, a, per-position dicts) as lists, built on first use
-
-
-@dataclass
 class ContractState:
     listing: Listing
     listing_raw: dict
@@ -100,10 +89,6 @@ class ContractState:
     # Identifies the current (rv, tau, conv_f): a new value from _VERSIONS whenever any of
     # them changes (listing, flash, tick). Positions cache their risk components per version.
     version: int = -1
-    # The last vectorised re-margin of the whole book (see refresh_book). Lets a tick's or
-    # flash's records take each position's components from one vectorised pass instead of
-    # one scalar call each.
-    book_risk: BookRisk | None = field(default=None, repr=False, compare=False)
 
     @property
     def contract_id(self) -> str:
@@ -128,11 +113,11 @@ class Account:
     # the same in every partition and every run whatever the order of listings and fills
     # (see :func:`add_position`).
     positions: dict[str, Position] = field(default_factory=dict)
-    # "t:<trade_id>"/"m:<movement_id>" -> [fingerprint, ts_us]: the ids applied within the
+    # "t:<trade_id>"/"m:<movement_id>" -> (fingerprint, ts_us): the ids applied within the
     # dedup horizon (older ones are pruned, see :func:`_remember`). Persisted one row per id
     # (see :func:`seen_key`), not in the account's row: a fill then writes O(1) bytes, not
     # every id the account applied within the horizon.
-    seen: dict[str, list] = field(default_factory=dict)
+    seen: dict[str, tuple] = field(default_factory=dict)
     src: dict[str, int] = field(default_factory=dict)
     published_im_cents: int | None = None
     published_equity_cents: int | None = None
@@ -232,7 +217,7 @@ class EngineState:
                 contract = state.contracts[cid]
                 contract.book.set(contract.book.row_for(account.account_id, account.index), position)
         for (account_id, id_key), entry in sorted(seen_rows):
-            get_account(state, account_id).seen[id_key] = list(entry)
+            get_account(state, account_id).seen[id_key] = tuple(entry)
         for contract in state.contracts.values():
             refresh_book(state, contract)
         return state
@@ -315,35 +300,40 @@ def set_time(state: EngineState, contract: ContractState) -> None:
 
 
 def refresh_book(state: EngineState, contract: ContractState) -> None:
-    """Re-margin every position of one contract in one vectorised pass."""
+    """Re-margin every position of one contract in one vectorised pass (the same
+    operations as the scalar path, in the same order: the same bits, a property test checks)."""
     book = contract.book
-    if book.n:
+    n = book.n
+    if n:
         q, a = book.columns()
         risk = model.positions_risk(q, a, contract.rv, contract.conv_f)
-        book.im[: book.n] = risk.im
-        contract.book_risk = BookRisk(contract.version, q.copy(), a.copy(), risk)
+        book.im[:n] = risk.im
+        parts = book.parts
+        for i, column in enumerate((risk.max_loss, risk.es, risk.stress, risk.conv, risk.stat, risk.conc)):
+            parts[:n, i] = column
+        book.version[:n] = contract.version
 
 
-def book_risk_dicts(contract: ContractState) -> tuple[list, list, list] | None:
-    """``(q, a, dicts)`` of the book's last vectorised re-margin if it is still current
-    (same contract version), else None: the columns it saw as lists, and every row's
-    per-position record dict (:func:`stream.core.model.risk_dict`), built in one pass on
-    first use."""
-    cached = contract.book_risk
-    if cached is None or cached.version != contract.version:
-        return None
-    if cached.rows is None:
-        cid, tau_, r = contract.contract_id, contract.tau, cached.risk
-        ql = cached.q.tolist()
-        risk_dict = model.risk_dict
-        dicts = [
-            risk_dict(cid, qv, im, ml, es, st, cv, sa, cc, tau_)
-            for qv, im, ml, es, st, cv, sa, cc in zip(
-                ql, r.im.tolist(), r.max_loss.tolist(), r.es.tolist(), r.stress.tolist(), r.conv.tolist(),
-                r.stat.tolist(), r.conc.tolist())
-        ]
-        cached.rows = (ql, cached.a.tolist(), dicts)
-    return cached.rows
+def store_position_risk(contract: ContractState, row: int, position: Position) -> float:
+    """Compute one position's components (scalar path) into its book row; return its IM."""
+    book = contract.book
+    im, *parts = model.position_components(position.q_float, position.a_float, contract.rv, contract.conv_f)
+    book.im[row] = im
+    book.parts[row] = parts
+    book.version[row] = contract.version
+    return im
+
+
+def position_record(contract: ContractState, row: int, position: Position) -> tuple[float, dict]:
+    """``(im, the requirement record's dict)`` of the position in book row ``row``, its
+    components computed first if its row is not current (a fresh dict: callers own it)."""
+    book = contract.book
+    if book.version[row] != contract.version:
+        store_position_risk(contract, row, position)
+    im = book.im[row].item()
+    max_loss, es, stress, conv, stat, conc = book.parts[row].tolist()
+    return im, model.risk_dict(contract.contract_id, position.q_float, im, max_loss, es, stress, conv, stat, conc,
+                               contract.tau)
 
 
 def add_position(account: Account, contract_id: str) -> Position:
