@@ -36,12 +36,6 @@ def scaled(value: Decimal, scale: int, what: str) -> int:
     return int(units)
 
 
-def _fixed(units: int, decimals: int) -> str:
-    """``units * 10**-decimals`` as plain decimal text, e.g. ``_fixed(-5, 2) == '-0.05'``."""
-    whole, frac = divmod(-units if units < 0 else units, 10**decimals)
-    return f"{'-' if units < 0 else ''}{whole}.{frac:0{decimals}d}"
-
-
 class Position:
     """One net position: ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact
     (``q_cents``, ``a_units``: integers, see the module docstring).
@@ -99,11 +93,15 @@ class Position:
         return int(quantize_cents(pnl).scaleb(2))
 
     def as_dict(self) -> dict:
-        """``q`` and ``a`` as exact decimal text (``q`` with 2 decimals, ``a`` with 10)."""
-        return {"q": _fixed(self.q_cents, 2), "a": _fixed(self.a_units, 10)}
+        """The stored row: the two integers as decimal text (JSON numbers stop at 64 bits)."""
+        return {"q_cents": str(self.q_cents), "a_units": str(self.a_units)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Position":
+        """From :meth:`as_dict`, or from a row of a version that stored ``q`` and ``a`` as
+        decimal dollars."""
+        if "q_cents" in raw:
+            return cls(int(raw["q_cents"]), int(raw["a_units"]))
         return cls(scaled(Decimal(raw["q"]), Q_SCALE, "q"), scaled(Decimal(raw["a"]), A_SCALE, "a"))
 
 
