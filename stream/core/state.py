@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 from functools import cached_property
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
@@ -32,8 +32,7 @@ from stream.core.messages import (
 )
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
     topic: str
     key: str
     value: dict

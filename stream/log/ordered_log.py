@@ -91,8 +91,7 @@ def deadletter_output(topic: str, partition: int, offset: int | None, raw: bytes
 
 
 # --------------------------------------------------------------------------- routing
-@dataclass(frozen=True)
-class Parsed:
+class Parsed(NamedTuple):
     """An input the router validated, as it went into a log entry: where it came from, the
     decoded value and the event parsed from it. The worker hands these to its own engine
     with the log record they went into, so that it need not decode and parse them again
