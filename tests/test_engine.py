@@ -491,3 +491,16 @@ def test_positions_are_exact_integers_that_round_trip_through_rows():
         assert Position.from_dict({"q": str(position.q), "a": str(position.a)}) == position  # rows of older versions
         assert position.q_float == float(position.q) and position.a_float == float(position.a)
     assert Position.from_dict({"q": "-10000", "a": "4600000000"}) == Position(-1_000_000, 46 * 10**18)
+
+
+def test_rows_are_written_in_row_order_however_the_keys_are_grouped():
+    import random
+
+    from stream.core.state import in_row_order, row_order
+
+    rnd = random.Random(3)
+    kinds = ["clock", "contract:", "seen:3:", "account:"]
+    for _ in range(200):
+        keys = {rnd.choice(kinds) + ("" if rnd.random() < 0.1 else str(rnd.randint(0, 999)))
+                for _ in range(rnd.randint(0, 300))}
+        assert in_row_order(keys) == sorted(keys, key=row_order)

@@ -254,6 +254,14 @@ def split_seen_key(key: str) -> tuple[str, str]:
     return rest[:n], rest[n:]
 
 
+def in_row_order(keys) -> list[str]:
+    """``keys`` sorted by :func:`row_order`, faster: split by kind, each kind sorted as text."""
+    groups: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
+    for key in keys:
+        groups[_ROW_RANK.get(key.partition(":")[0], 3)].append(key)
+    return [key for group in groups for key in sorted(group)]
+
+
 def row_order(key: str) -> tuple[int, str]:
     """The order a persistent shell writes rows in: the clock, contracts, remembered ids,
     then accounts, whose positions name contracts: in this order every prefix of a batch's

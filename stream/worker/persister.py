@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Protocol
 
 import orjson
 
-from stream.core.state import EngineState, row_order
+from stream.core.state import EngineState, in_row_order
 from stream.worker import durable
 from stream.worker.faults import Faults
 from stream.worker.lifecycle import confirm
@@ -32,7 +32,7 @@ def row_key(p: int, key: str) -> bytes:
 def changed_rows(p: int, state: EngineState) -> list[tuple[bytes, bytes]]:
     """The rows a batch changed in partition ``p`` (its ``touched`` keys, then cleared),
     as ``(table key, row JSON)`` in the order they are written."""
-    rows = [(row_key(p, key), orjson.dumps(state.row(key))) for key in sorted(state.touched, key=row_order)]
+    rows = [(row_key(p, key), orjson.dumps(state.row(key))) for key in in_row_order(state.touched)]
     state.touched.clear()
     return rows
 
