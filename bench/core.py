@@ -326,7 +326,7 @@ def bench_account_risk_cold(fx: Fixture, n: int, warmup: int) -> list[float]:
     gc.collect()
     for i in range(warmup + n):
         for book in books:
-            book.version[: book.n] = -1
+            book.versions[:] = [-1] * book.n
         t0 = clock()
         fn(state, account)
         dt = clock() - t0

@@ -107,28 +107,32 @@ class Position:
 
 class Book:
     """All positions in one contract, column-wise: ``account_idx``, ``q``, ``a``, and each
-    row's risk components -- ``im`` and ``parts`` (max_loss, es, stress, conv, stat, conc:
-    the order of :func:`stream.core.model.position_components` after im) -- with the
-    contract ``version`` they were computed at (-1: not yet). Rows never move."""
+    row's risk components ``risk`` (im, max_loss, es, stress, conv, stat, conc: the order of
+    :func:`stream.core.model.position_components`; ``im`` is its first column) with the
+    contract version they were computed at (``versions``, -1: not yet). Rows never move."""
 
-    PARTS = 6
+    COMPONENTS = 7
 
     def __init__(self, capacity: int = 16):
         self.rows: dict[str, int] = {}
         self.account_ids: list[str] = []
+        self.versions: list[int] = []  # per row (a list: read one at a time, per publish)
         self.account_idx = np.zeros(capacity, dtype=np.int64)
         self.q = np.zeros(capacity)
         self.a = np.zeros(capacity)
-        self.im = np.zeros(capacity)
-        self.parts = np.zeros((capacity, self.PARTS))
-        self.version = np.full(capacity, -1, dtype=np.int64)
+        self.risk = np.zeros((capacity, self.COMPONENTS))
         self.n = 0
+
+    @property
+    def im(self) -> np.ndarray:
+        """The rows' IMs (a view of the first risk column)."""
+        return self.risk[:, 0]
 
     def _grow(self) -> None:
         capacity = max(16, 2 * self.q.size)
-        for name in ("account_idx", "q", "a", "im", "parts", "version"):
+        for name in ("account_idx", "q", "a", "risk"):
             old = getattr(self, name)
-            new = np.full((capacity, *old.shape[1:]), -1 if name == "version" else 0, dtype=old.dtype)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             new[: self.n] = old[: self.n]
             setattr(self, name, new)
 
@@ -140,6 +144,7 @@ class Book:
             row = self.n
             self.rows[account_id] = row
             self.account_ids.append(account_id)
+            self.versions.append(-1)
             self.account_idx[row] = account_idx
             self.n += 1
         return row
@@ -147,7 +152,7 @@ class Book:
     def set(self, row: int, position: Position) -> None:
         self.q[row] = position.q_float
         self.a[row] = position.a_float
-        self.version[row] = -1  # its components no longer match it
+        self.versions[row] = -1  # its components no longer match it
 
     def columns(self) -> tuple[np.ndarray, np.ndarray]:
         return self.q[: self.n], self.a[: self.n]

@@ -313,34 +313,30 @@ def refresh_book(state: EngineState, contract: ContractState) -> None:
     n = book.n
     if n:
         q, a = book.columns()
-        risk = model.positions_risk(q, a, contract.rv, contract.conv_f)
-        book.im[:n] = risk.im
-        parts = book.parts
-        for i, column in enumerate((risk.max_loss, risk.es, risk.stress, risk.conv, risk.stat, risk.conc)):
-            parts[:n, i] = column
-        book.version[:n] = contract.version
+        r = model.positions_risk(q, a, contract.rv, contract.conv_f)
+        risk = book.risk
+        for i, column in enumerate((r.im, r.max_loss, r.es, r.stress, r.conv, r.stat, r.conc)):
+            risk[:n, i] = column
+        book.versions[:n] = [contract.version] * n
 
 
 def store_position_risk(contract: ContractState, row: int, position: Position) -> float:
     """Compute one position's components (scalar path) into its book row; return its IM."""
     book = contract.book
-    im, *parts = model.position_components(position.q_float, position.a_float, contract.rv, contract.conv_f)
-    book.im[row] = im
-    book.parts[row] = parts
-    book.version[row] = contract.version
-    return im
+    components = model.position_components(position.q_float, position.a_float, contract.rv, contract.conv_f)
+    book.risk[row] = components
+    book.versions[row] = contract.version
+    return components[0]
 
 
 def position_record(contract: ContractState, row: int, position: Position) -> tuple[float, dict]:
     """``(im, the requirement record's dict)`` of the position in book row ``row``, its
     components computed first if its row is not current (a fresh dict: callers own it)."""
     book = contract.book
-    if book.version[row] != contract.version:
+    if book.versions[row] != contract.version:
         store_position_risk(contract, row, position)
-    im = book.im[row].item()
-    max_loss, es, stress, conv, stat, conc = book.parts[row].tolist()
-    return im, model.risk_dict(contract.contract_id, position.q_float, im, max_loss, es, stress, conv, stat, conc,
-                               contract.tau)
+    components = book.risk[row].tolist()
+    return components[0], model.risk_dict(contract.contract_id, position.q_float, *components, contract.tau)
 
 
 def add_position(account: Account, contract_id: str) -> Position:
