@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import replace
 import json
 import random
 from decimal import Decimal
@@ -307,3 +308,28 @@ def test_a_group_offset_ahead_of_the_durable_state_is_sought_back(bootstrap, tmp
         cluster.stop()
     assert "seeking the log back to offset 0" in logs
     assert set(outputs) == set(replayed) and all(outputs[i] == r for i, r in replayed.items())
+
+
+def test_a_stalled_changelog_recovery_asks_for_a_rebalance_and_completes(bootstrap, tmp_path, clean_run):
+    """The recovery watch (stream.worker.recovery): a worker that takes over a partition
+    whose changelog has rows, its first recovery taken for stalled
+    (KPIMARGIN_FAULT_INJECTION=stall_recovery), asks the group to rebalance through faust's
+    consumer thread; the new generation recovers and every output equals the clean run."""
+    settings = fresh_settings(bootstrap, tmp_path)
+    cluster = Cluster(settings, tmp_path)
+    state = {"worker": cluster.start_worker()}
+
+    async def restart_midway(phase):
+        if PHASES.index(phase) == 5:
+            cluster.kill(state["worker"])
+            state["worker"] = cluster.start_worker(replace(settings, fault_injection="stall_recovery"))
+
+    try:
+        cluster.publish(copy.deepcopy(PHASES), after_publish=restart_midway, timeout_s=120)
+        outputs = cluster.settle(timeout_s=120)
+    finally:
+        cluster.stop()
+    log = (tmp_path / "worker-2.log").read_text(errors="replace")  # the worker started with the fault
+    asked = log.find("asking the group to rebalance")
+    assert asked >= 0 and log.find("generation id", asked) > asked, "no rebalance after the stall"
+    assert outputs == clean_run["outputs"]

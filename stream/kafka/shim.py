@@ -141,3 +141,17 @@ def key_partition(producer, key: bytes, partitions: list[int]) -> int:
     choose the partition ``send`` would have chosen; the partitioner is only reachable
     through this attribute."""
     return producer._partitioner(key, partitions, partitions)  # noqa: SLF001
+
+
+async def request_rejoin(app) -> None:
+    """Make this member rejoin its group, so that the group rebalances (aiokafka's
+    ``GroupCoordinator.request_rejoin``, on the aiokafka consumer faust runs in its
+    consumer thread: ``app.consumer._thread``, reached through ``call_thread`` so that it
+    runs on that thread's loop). Neither faust nor aiokafka offers a public way to ask for
+    a rebalance; the recovery watch (``stream.worker.recovery``) needs one."""
+    thread = app.consumer._thread  # noqa: SLF001
+
+    async def rejoin() -> None:
+        thread._ensure_consumer()._coordinator.request_rejoin()  # noqa: SLF001
+
+    await thread.call_thread(rejoin)

@@ -26,6 +26,7 @@ from stream.worker.agent import LogAgent
 from stream.worker.http import WorkerView, serve
 from stream.worker.lifecycle import guarded
 from stream.worker.logs import logging_config
+from stream.worker.recovery import watch_recovery
 from stream.worker.router import Router
 from stream.worker.stats import Stats
 
@@ -88,15 +89,18 @@ def faust_config(settings: Settings) -> dict:
 
 
 class App(faust.App):
-    """faust's App, serving the HTTP API from its first start: faust starts the ``@app.task`` functions
-    only once table recovery is complete, and health and readiness must answer before."""
+    """faust's App, serving the HTTP API and watching its changelog recovery from its first
+    start: faust starts the ``@app.task`` functions only once table recovery is complete,
+    and health, readiness and the watch must run before."""
 
     http_api = None  # the coroutine function that serves it, if on
+    recovery_watch = None  # the coroutine function that watches faust's changelog recovery
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
-        if self.http_api is not None:
-            self.add_future(self.http_api())
+        for task in (self.http_api, self.recovery_watch):
+            if task is not None:
+                self.add_future(task())
 
 
 def create_app(settings: Settings, http_socket=None) -> faust.App:
@@ -159,6 +163,15 @@ def create_app(settings: Settings, http_socket=None) -> faust.App:
     async def route() -> None:
         view.watch("router")
         await guarded("router", router.run)
+
+    async def recovery_watch() -> None:
+        # testing (KPIMARGIN_FAULT_INJECTION=stall_recovery): the first recovery with records
+        # to read counts as stalled at once, so that the rebalance it asks for is exercised
+        testing = agent.faults.name == "stall_recovery"
+        await guarded("recovery watch", watch_recovery, app, settings.stall_timeout_s, 0.005 if testing else 0.2,
+                      0.0 if testing else None)
+
+    app.recovery_watch = recovery_watch
 
     if http_socket is not None:
         async def http_api() -> None:

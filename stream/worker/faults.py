@@ -4,7 +4,9 @@
 ``freeze_point:N`` SIGSTOPs it there, once (a zombie in the making: it goes on from there
 when it gets SIGCONT); ``skip_resume_commit`` leaves the group's log offsets as they are on
 a rebalance, and the log agent takes every record from the log (no hand-off from the
-router): a worker whose group offsets run ahead of its state must then seek back. The points:
+router): a worker whose group offsets run ahead of its state must then seek back;
+``stall_recovery`` makes the recovery watch (:mod:`stream.worker.recovery`) take the first
+changelog recovery with records to read for a stalled one. The points:
 
 * ``in_apply``: a log record applied in memory, its outputs not yet queued;
 * ``in_recovery``: a partition about to be loaded from the table;
