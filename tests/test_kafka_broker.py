@@ -348,9 +348,10 @@ def test_pause_stops_a_node_and_resume_lets_it_answer_again(three):
     three.pause(node)
     try:
         assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"  # stopped
-        started = time.monotonic()
-        assert wait_until(lambda: three.leader_of(topic, 0) in three.node_ids, 30, "a leader")
-        assert time.monotonic() - started < 5  # leader_of asks the running nodes only
+        # leader_of asks the running nodes only: asking the paused one would time out (a
+        # KafkaBrokerError), not answer
+        for _ in range(5):
+            assert three.leader_of(topic, 0) in three.node_ids
     finally:
         three.resume(node)
     port = three.bootstrap.split(",")[node - 1]

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream.kafka import certs, dist as kafka_dist
+from stream.kafka import certs, dist as kafka_dist, shim
 
 KAFKA_VERSION = "4.4.0"
 # The SLF4J binding Kafka's jars do not bring, per major version (Kafka 4.x: log4j2 behind
@@ -71,17 +71,33 @@ def _run_async(coro):
 
 
 async def _metadata(bootstrap: str, timeout_ms: int = 5000, **client_kwargs):
-    """A fresh metadata answer (aiokafka ClusterMetadata) from the first broker that answers
-    (``client_kwargs``: the security options of :attr:`KafkaCluster.client_kwargs`)."""
-    from aiokafka import AIOKafkaClient
+    """A fresh metadata answer for every topic (aiokafka ClusterMetadata) from the first
+    server of ``bootstrap`` that answers, asked of that server itself (``client_kwargs``: the
+    security options of :attr:`KafkaCluster.client_kwargs`). A client's
+    ``fetch_all_metadata`` would ask a random broker of the cluster, which may be a paused
+    one: a whole request timeout lost, and an answer from a node that was not asked."""
+    from aiokafka.cluster import ClusterMetadata
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, metadata_max_age_ms=60_000,
-                            **client_kwargs)
-    try:
-        await client.bootstrap()
-        return await client.fetch_all_metadata()
-    finally:
-        await client.close()
+    last: BaseException | None = None
+    for host, port, _family in shim.bootstrap_hosts(bootstrap):
+        try:
+            conn = await shim.connect(host, port, timeout_ms, client_kwargs)
+        except (OSError, KafkaError, asyncio.TimeoutError) as exc:
+            last = exc
+            continue
+        try:
+            answer = await conn.send(shim.metadata_request(all_topics=True))
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            last = exc
+            continue
+        finally:
+            conn.close()
+        cluster = ClusterMetadata(metadata_max_age_ms=60_000)
+        cluster.update_metadata(answer)
+        return cluster
+    raise KafkaConnectionError(f"no server of {bootstrap} answered a metadata request: "
+                               f"{type(last).__name__}: {last}")
 
 
 _running: "set[KafkaCluster]" = set()  # strong references: a started cluster is stopped, never collected

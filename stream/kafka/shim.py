@@ -37,11 +37,11 @@ async def connect(host: str, port: int, timeout_ms: int, options: dict):
     return await create_conn(host, port, request_timeout_ms=timeout_ms, **options)
 
 
-def metadata_request():
-    """A metadata request for no topic (what a bootstrap asks)."""
+def metadata_request(all_topics: bool = False):
+    """A metadata request for no topic (what a bootstrap asks), or for every topic."""
     from aiokafka.protocol.metadata import MetadataRequest
 
-    return MetadataRequest([])
+    return MetadataRequest(None if all_topics else [])
 
 
 def sasl_handshake_request(mechanism: str):

@@ -114,6 +114,7 @@ class LogAgent:
         self.persister.resumed(p, offset, loaded.digest)  # the rows' digest as the table holds them: each batch updates it
         part = Partition(state, epoch, offset + 1)
         part.applied = not loaded.trusted  # the next batch writes the rebuilt rows, even if nothing new is applied
+        self.last_event_at = time.monotonic()  # a stall is measured from the load, not from records before it
         log.info("partition %d: state loaded (%d accounts, %d contracts), resuming at log offset %d",
                  p, len(state.accounts), len(state.contracts), part.next_offset,
                  extra={"partition": p, "offset": part.next_offset})
