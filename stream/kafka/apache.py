@@ -11,9 +11,7 @@ Used by ``kpimargin broker --engine kafka``, the tests and the benchmarks.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import concurrent.futures
 import json
 import os
 import shutil
@@ -23,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream.kafka import certs, dist as kafka_dist, shim
+from stream.kafka import certs, dist as kafka_dist
 
 KAFKA_VERSION = "4.4.0"
 # The SLF4J binding Kafka's jars do not bring, per major version (Kafka 4.x: log4j2 behind
@@ -58,46 +56,6 @@ def missing_tools(need_maven: bool, need_openssl: bool = False) -> str | None:
         return ("mvn not found on PATH: Maven fetches the Kafka jars once (then they are cached): "
                 "install Maven 3.6.3 or newer")
     return certs.missing_openssl() if need_openssl else None
-
-
-def _run_async(coro):
-    """Run a coroutine to completion from sync code, even inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def _metadata(bootstrap: str, timeout_ms: int = 5000, **client_kwargs):
-    """A fresh metadata answer for every topic (aiokafka ClusterMetadata) from the first
-    server of ``bootstrap`` that answers, asked of that server itself (``client_kwargs``: the
-    security options of :attr:`KafkaCluster.client_kwargs`). A client's
-    ``fetch_all_metadata`` would ask a random broker of the cluster, which may be a paused
-    one: a whole request timeout lost, and an answer from a node that was not asked."""
-    from aiokafka.cluster import ClusterMetadata
-    from aiokafka.errors import KafkaConnectionError, KafkaError
-
-    last: BaseException | None = None
-    for host, port, _family in shim.bootstrap_hosts(bootstrap):
-        try:
-            conn = await shim.connect(host, port, timeout_ms, client_kwargs)
-        except (OSError, KafkaError, asyncio.TimeoutError) as exc:
-            last = exc
-            continue
-        try:
-            answer = await conn.send(shim.metadata_request(all_topics=True))
-        except (KafkaError, asyncio.TimeoutError) as exc:
-            last = exc
-            continue
-        finally:
-            conn.close()
-        cluster = ClusterMetadata(metadata_max_age_ms=60_000)
-        cluster.update_metadata(answer)
-        return cluster
-    raise KafkaConnectionError(f"no server of {bootstrap} answered a metadata request: "
-                               f"{type(last).__name__}: {last}")
 
 
 _running: "set[KafkaCluster]" = set()  # strong references: a started cluster is stopped, never collected
@@ -311,7 +269,7 @@ class KafkaCluster:
         from aiokafka import TopicPartition
 
         try:
-            metadata = _run_async(_metadata(self._live_bootstrap(), **self.client_kwargs))
+            metadata = kafka_dist.run_sync(kafka_dist.metadata(self._live_bootstrap(), **self.client_kwargs))
         except Exception as exc:
             raise KafkaBrokerError(f"metadata request failed: {type(exc).__name__}: {exc}") from None
         leader = metadata.leader_for_partition(TopicPartition(topic, partition))
@@ -331,7 +289,7 @@ class KafkaCluster:
             finally:
                 await admin.close()
 
-        return sorted((t["topic"], p["partition"]) for t in _run_async(describe()) for p in t["partitions"]
+        return sorted((t["topic"], p["partition"]) for t in kafka_dist.run_sync(describe()) for p in t["partitions"]
                       if p["leader"] < 0 or len(p["isr"]) < len(p["replicas"]))
 
     def wait_in_sync(self, timeout_s: float = 120.0) -> None:
@@ -495,7 +453,7 @@ class KafkaCluster:
             port = self._client_ports[node_id - 1]
             if kafka_dist.accepts(port):
                 try:
-                    answer = _run_async(_metadata(f"127.0.0.1:{port}", **self.client_kwargs))
+                    answer = kafka_dist.run_sync(kafka_dist.metadata(f"127.0.0.1:{port}", **self.client_kwargs))
                     brokers = {b.nodeId for b in answer.brokers()}
                 except Exception as exc:
                     brokers, last = set(), f"{type(exc).__name__}: {exc}"

@@ -7,7 +7,9 @@ Knows nothing of which Kafka version is pinned: ``stream.kafka.apache`` passes t
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import os
 import re
 import shutil
@@ -18,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from stream.kafka import shim
 
 if TYPE_CHECKING:
     from stream.kafka.certs import TlsFiles
@@ -302,3 +306,43 @@ def wait_for_state(pid: int, stopped: bool, timeout_s: float = 5.0) -> None:
         if (state in "Tt") == stopped:
             return
         time.sleep(0.005)
+
+
+def run_sync(coro):
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def metadata(bootstrap: str, timeout_ms: int = 5000, **client_kwargs):
+    """A fresh metadata answer for every topic (aiokafka ClusterMetadata) from the first
+    server of ``bootstrap`` that answers, asked of that server itself (``client_kwargs``: the
+    security options of :attr:`stream.kafka.apache.KafkaCluster.client_kwargs`). A client's
+    ``fetch_all_metadata`` would ask a random broker of the cluster, which may be a paused
+    one: a whole request timeout lost, and an answer from a node that was not asked."""
+    from aiokafka.cluster import ClusterMetadata
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    last: BaseException | None = None
+    for host, port, _family in shim.bootstrap_hosts(bootstrap):
+        try:
+            conn = await shim.connect(host, port, timeout_ms, client_kwargs)
+        except (OSError, KafkaError, asyncio.TimeoutError) as exc:
+            last = exc
+            continue
+        try:
+            answer = await conn.send(shim.metadata_request(all_topics=True))
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            last = exc
+            continue
+        finally:
+            conn.close()
+        cluster = ClusterMetadata(metadata_max_age_ms=60_000)
+        cluster.update_metadata(answer)
+        return cluster
+    raise KafkaConnectionError(f"no server of {bootstrap} answered a metadata request: "
+                               f"{type(last).__name__}: {last}")
