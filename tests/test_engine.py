@@ -17,7 +17,7 @@ from stream.core.errors import Rejected
 from stream.core.money import cents_to_decimal, cents_up
 from stream.core.messages import Cause, parse
 from stream.core.requirements import account_risk
-from stream.core.state import EngineState
+from stream.core.state import EngineState, seen_entry, seen_row, seen_ts_us
 from stream.core.topics import CALLS, COLLATERAL, FILLS, FLASH, REQUIREMENTS, SETTLEMENTS, TICKS
 
 from .conftest import TSLA, Driver
@@ -369,7 +369,7 @@ def test_ids_are_forgotten_after_the_horizon_and_older_events_are_rejected(drive
         driver.fill(f"T{day}", "ACME", CID, "BUY", 460000, 1000, ts=_day(day))
         seen = driver.state.accounts["ACME"].seen
         assert len(seen) <= 8 + 1  # the last 7 days (plus today) of fills, nothing older
-        assert all(ts >= driver.state.now_us - 7 * 86_400_000_000 for _fp, ts in seen.values())
+        assert all(seen_ts_us(e) >= driver.state.now_us - 7 * 86_400_000_000 for e in seen.values())
     assert "t:T1" not in seen and "m:M1" not in seen
     before = sorted(driver.state.rows())
     q_before = driver.state.accounts["ACME"].positions[CID].q
@@ -504,3 +504,17 @@ def test_rows_are_written_in_row_order_however_the_keys_are_grouped():
         keys = {rnd.choice(kinds) + ("" if rnd.random() < 0.1 else str(rnd.randint(0, 999)))
                 for _ in range(rnd.randint(0, 300))}
         assert in_row_order(keys) == sorted(keys, key=row_order)
+
+
+def test_a_remembered_id_packs_its_fingerprint_and_time_without_loss():
+    """The packed dedup entry gives back exactly the row every version persisted:
+    the 32 hex digits (leading zeros too) and the time, at both ends of the accepted years."""
+    import hashlib
+
+    from stream.core.timeutil import _MAX_US, _MIN_US
+
+    for fp in ("0" * 32, "f" * 32, "00ab" + "0" * 28, hashlib.sha256(b"x").hexdigest()[:32]):
+        for ts_us in (_MIN_US, 0, 1_790_000_000_123_456, _MAX_US - 1):
+            entry = seen_entry(fp, ts_us)
+            assert seen_row(entry) == [fp, ts_us] and seen_ts_us(entry) == ts_us
+    assert seen_entry("0" * 32, 5) != seen_entry("0" * 31 + "1", 5)

@@ -43,7 +43,10 @@ from stream.core.state import (
     get_account,
     new_contract,
     refresh_book,
+    seen_entry,
+    seen_fingerprint,
     seen_key,
+    seen_ts_us,
     set_flash,
     set_time,
     src_mark,
@@ -155,9 +158,9 @@ def _check_duplicate(state: EngineState, account: Account | None, key: str, fp: 
     if entry is None:
         return False
     cutoff = _horizon_cutoff_us(state)
-    if cutoff is not None and entry[1] < cutoff:
+    if cutoff is not None and seen_ts_us(entry) < cutoff:
         return False
-    if entry[0] != fp:
+    if seen_fingerprint(entry) != fp:
         raise DuplicateConflict("id already applied with different content", field=id_field)
     return True
 
@@ -197,13 +200,13 @@ def _remember(state: EngineState, account: Account, key: str, fp: str, ts_us: in
     if cutoff is not None and account.pruned_at_us != state.now_us:
         kept = {}
         for k, v in account.seen.items():
-            if v[1] >= cutoff:
+            if seen_ts_us(v) >= cutoff:
                 kept[k] = v
             else:
                 state.touched.add(seen_key(account.account_id, k))  # a deleted row
         account.seen = kept
         account.pruned_at_us = state.now_us
-    account.seen[key] = (fp, ts_us)
+    account.seen[key] = seen_entry(fp, ts_us)
     state.touched.add(seen_key(account.account_id, key))
 
 

@@ -40,19 +40,24 @@ class Position:
     """One net position: ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact
     (``q_cents``, ``a_units``: integers, see the module docstring).
 
-    For the per-fill path it also keeps ``q_float``/``a_float``: ``q``/``a`` as floats
-    (correctly rounded, as ``float`` of the exact decimal is), refreshed on every fill, so
-    re-margining converts nothing. Its risk components live in its contract's
-    :class:`Book` row.
+    ``q_float``/``a_float`` are ``q``/``a`` as floats (correctly rounded, as ``float`` of
+    the exact decimal is), computed when asked: two slots, not four (memory per position).
+    Its risk components live in its contract's :class:`Book` row.
     """
 
-    __slots__ = ("q_cents", "a_units", "q_float", "a_float")
+    __slots__ = ("q_cents", "a_units")
 
     def __init__(self, q_cents: int = 0, a_units: int = 0):
         self.q_cents = q_cents
         self.a_units = a_units
-        self.q_float = q_cents / Q_SCALE  # int / int: correctly rounded
-        self.a_float = a_units / A_SCALE
+
+    @property
+    def q_float(self) -> float:
+        return self.q_cents / Q_SCALE  # int / int: correctly rounded
+
+    @property
+    def a_float(self) -> float:
+        return self.a_units / A_SCALE
 
     @property
     def q(self) -> Decimal:  # Σ δ·N, dollars, exact
@@ -65,14 +70,12 @@ class Position:
     def add_fill(self, delta: int, notional_cents: int, price_units: int) -> None:
         """One fill: ``delta`` +1 (buy) or -1, notional in cents, price in 1e-8."""
         signed = notional_cents if delta > 0 else -notional_cents
-        self.q_cents = q = self.q_cents + signed
-        self.a_units = a = self.a_units + signed * price_units
-        self.q_float = q / Q_SCALE
-        self.a_float = a / A_SCALE
+        self.q_cents += signed
+        self.a_units += signed * price_units
 
     def copy(self) -> "Position":
         twin = Position.__new__(Position)
-        twin.q_cents, twin.a_units, twin.q_float, twin.a_float = self.q_cents, self.a_units, self.q_float, self.a_float
+        twin.q_cents, twin.a_units = self.q_cents, self.a_units
         return twin
 
     def __eq__(self, other: object) -> bool:
