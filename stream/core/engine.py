@@ -263,11 +263,10 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
     _remember(state, account, f"t:{ev.trade_id}", ev.fingerprint, ev.ts_us)
     position = account.positions.get(ev.contract_id)
     if position is None:
-        position = add_position(account, ev.contract_id)
+        position = add_position(account, contract)
     position.add_fill(ev.delta, ev.notional_cents, ev.price_units)
-    book = contract.book
-    row = book.row_for(account.account_id, account.index)
-    book.set(row, position)
+    row = position.row
+    contract.book.set(row, position)
     # The scalar IM equals the vectorised one bit for bit (same float inputs, same ops).
     store_position_risk(contract, row, position)
     return _account_changed(state, account, cause, ev.ts_us)

@@ -41,15 +41,17 @@ class Position:
     (``q_cents``, ``a_units``: integers, see the module docstring).
 
     ``q_float``/``a_float`` are ``q``/``a`` as floats (correctly rounded, as ``float`` of
-    the exact decimal is), computed when asked: two slots, not four (memory per position).
-    Its risk components live in its contract's :class:`Book` row.
+    the exact decimal is), computed when asked (memory per position). ``row`` is its row in
+    its contract's :class:`Book` (its floats and risk components; -1 before it has one):
+    the position finds its row, so the book needs no index of its accounts.
     """
 
-    __slots__ = ("q_cents", "a_units")
+    __slots__ = ("q_cents", "a_units", "row")
 
-    def __init__(self, q_cents: int = 0, a_units: int = 0):
+    def __init__(self, q_cents: int = 0, a_units: int = 0, row: int = -1):
         self.q_cents = q_cents
         self.a_units = a_units
+        self.row = row
 
     @property
     def q_float(self) -> float:
@@ -75,7 +77,7 @@ class Position:
 
     def copy(self) -> "Position":
         twin = Position.__new__(Position)
-        twin.q_cents, twin.a_units = self.q_cents, self.a_units
+        twin.q_cents, twin.a_units, twin.row = self.q_cents, self.a_units, self.row
         return twin
 
     def __eq__(self, other: object) -> bool:
@@ -117,8 +119,7 @@ class Book:
     COMPONENTS = 7
 
     def __init__(self, capacity: int = 16):
-        self.rows: dict[str, int] = {}
-        self.account_ids: list[str] = []
+        self.account_ids: list[str] = []  # per row
         self.versions: list[int] = []  # per row (a list: read one at a time, per publish)
         self.account_idx = np.zeros(capacity, dtype=np.int64)
         self.q = np.zeros(capacity)
@@ -139,17 +140,16 @@ class Book:
             new[: self.n] = old[: self.n]
             setattr(self, name, new)
 
-    def row_for(self, account_id: str, account_idx: int) -> int:
-        row = self.rows.get(account_id)
-        if row is None:
-            if self.n == self.q.size:
-                self._grow()
-            row = self.n
-            self.rows[account_id] = row
-            self.account_ids.append(account_id)
-            self.versions.append(-1)
-            self.account_idx[row] = account_idx
-            self.n += 1
+    def add_row(self, account_id: str, account_idx: int) -> int:
+        """A new row for the account's position in this contract (its :attr:`Position.row`:
+        an account has at most one)."""
+        if self.n == self.q.size:
+            self._grow()
+        row = self.n
+        self.account_ids.append(account_id)
+        self.versions.append(-1)
+        self.account_idx[row] = account_idx
+        self.n += 1
         return row
 
     def set(self, row: int, position: Position) -> None:

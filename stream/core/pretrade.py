@@ -103,7 +103,7 @@ def _scratch(state: EngineState, account_id: str, contract_ids: set[str]) -> tup
         twin.book, twin.src = Book(), {}
         position = account.positions.get(cid)
         if position is not None:
-            row = twin.book.row_for(account_id, account.index)
+            position.row = row = twin.book.add_row(account_id, account.index)
             twin.book.set(row, position)
             store_position_risk(twin, row, position)
         contracts[cid] = twin

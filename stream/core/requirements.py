@@ -31,7 +31,7 @@ def account_risk(state: EngineState, account: Account) -> tuple[float, list[dict
     account_id = account.account_id
     for cid, position in account.positions.items():  # in contract_id order
         contract = contracts[cid]
-        im, record = position_record(contract, contract.book.rows[account_id], position)
+        im, record = position_record(contract, position.row, position)
         total += im
         positions.append(record)
     return total, positions

@@ -215,7 +215,8 @@ class EngineState:
                 position = Position.from_dict(raw)
                 account.positions[cid] = position
                 contract = state.contracts[cid]
-                contract.book.set(contract.book.row_for(account.account_id, account.index), position)
+                position.row = contract.book.add_row(account.account_id, account.index)
+                contract.book.set(position.row, position)
         for (account_id, id_key), entry in sorted(seen_rows):
             get_account(state, account_id).seen[id_key] = seen_entry(*entry)
         for contract in state.contracts.values():
@@ -365,9 +366,11 @@ def position_record(contract: ContractState, row: int, position: Position) -> tu
     return components[0], model.risk_dict(contract.contract_id, position.q_float, *components, contract.tau)
 
 
-def add_position(account: Account, contract_id: str) -> Position:
-    """A new, empty position of ``account`` in ``contract_id``, kept in contract_id order."""
-    position = Position()
+def add_position(account: Account, contract: ContractState) -> Position:
+    """A new, empty position of ``account`` in ``contract`` with its book row, kept in
+    contract_id order."""
+    contract_id = contract.contract_id
+    position = Position(row=contract.book.add_row(account.account_id, account.index))
     positions = account.positions
     out_of_order = any(cid > contract_id for cid in positions)
     positions[contract_id] = position
