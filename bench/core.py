@@ -250,8 +250,9 @@ class Fixture:
 
     def positions(self) -> list[tuple[core_state.ContractState, float, float]]:
         out = []
-        for cid, pos in self.account.positions.items():
-            out.append((self.state.contracts[cid], pos.q_float, pos.a_float))
+        for cid, row in self.account.positions.items():
+            contract = self.state.contracts[cid]
+            out.append((contract, *contract.book.floats(row)))
         return out
 
 

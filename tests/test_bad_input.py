@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.core.state import EngineState
+from stream.core.state import EngineState, position_of
 from stream.core.topics import COLLATERAL, DEADLETTER, FILLS, FLASH, INPUT_TOPICS, LISTINGS, SETTLEMENTS, TICKS
 from stream.log.ordered_log import apply_record, home_partition, route_batch
 
@@ -195,8 +195,8 @@ def test_the_same_fill_many_times_counts_once():
     assert first
     for _ in range(25):  # redelivered by the matching engine at new offsets
         assert proc.feed(FILLS, fill) == []
-    acme = next(s.accounts["ACME"] for s in proc.states.values() if "ACME" in s.accounts)
-    assert acme.positions[TSLA["contract_id"]].q == 10000 - 100
+    state = next(s for s in proc.states.values() if "ACME" in s.accounts)
+    assert position_of(state, state.accounts["ACME"], TSLA["contract_id"]).q == 10000 - 100
 
 
 # --------------------------------------------------------------------------- on a broker

@@ -17,7 +17,7 @@ from stream.core.errors import Rejected
 from stream.core.money import cents_to_decimal, cents_up
 from stream.core.messages import Cause, parse
 from stream.core.requirements import account_risk
-from stream.core.state import EngineState, seen_entry, seen_row, seen_ts_us
+from stream.core.state import EngineState, position_of, seen_entry, seen_row, seen_ts_us
 from stream.core.topics import CALLS, COLLATERAL, FILLS, FLASH, REQUIREMENTS, SETTLEMENTS, TICKS
 
 from .conftest import TSLA, Driver
@@ -286,7 +286,7 @@ def test_fill_order_changes_neither_position_nor_im(fills, rnd):
             side, price, notional = fills[i]
             d.fill(f"T{i}", "ACME", CID, side, price, notional)
         account = d.state.accounts["ACME"]
-        return account.positions[CID], account_risk(d.state, account)[0]
+        return position_of(d.state, account, CID), account_risk(d.state, account)[0]
 
     order = list(range(len(fills)))
     shuffled = order[:]
@@ -316,7 +316,7 @@ def test_vectorised_fanout_equals_per_account_path(web):
         assert req["positions"] == positions
         account = d.state.accounts[req["account_id"]]
         for got in req["positions"]:  # the vectorised pass's dicts, bit for bit the scalar formula's
-            contract, position = d.state.contracts[got["contract_id"]], account.positions[got["contract_id"]]
+            contract, position = d.state.contracts[got["contract_id"]], position_of(d.state, account, got["contract_id"])
             scalar = model.position_risk_dict(contract.contract_id, position.q_float, position.a_float, contract.rv,
                                               contract.tau, contract.conv_f)
             assert orjson.dumps(got) == orjson.dumps(scalar)
@@ -372,14 +372,14 @@ def test_ids_are_forgotten_after_the_horizon_and_older_events_are_rejected(drive
         assert all(seen_ts_us(e) >= driver.state.now_us - 7 * 86_400_000_000 for e in seen.values())
     assert "t:T1" not in seen and "m:M1" not in seen
     before = sorted(driver.state.rows())
-    q_before = driver.state.accounts["ACME"].positions[CID].q
+    q_before = position_of(driver.state, driver.state.accounts["ACME"], CID).q
     for resend in (lambda: driver.fill("T1", "ACME", CID, "BUY", 460000, 1000, ts=_day(2)),  # forgotten duplicate
                    lambda: driver.deposit("M1", "ACME", 100, ts=_day(2)),
                    lambda: driver.fill("LATE", "ACME", CID, "BUY", 460000, 1000, ts=_day(21))):  # new but too late
         with pytest.raises(Rejected) as info:
             resend()
         assert info.value.reason == "outside_dedup_horizon" and info.value.field == "ts"
-    assert sorted(driver.state.rows()) == before and driver.state.accounts["ACME"].positions[CID].q == q_before
+    assert sorted(driver.state.rows()) == before and position_of(driver.state, driver.state.accounts["ACME"], CID).q == q_before
     # within the horizon a duplicate is still recognised
     assert driver.fill("T25", "ACME", CID, "BUY", 460000, 1000, ts=_day(25)) == []
     with pytest.raises(Rejected) as info:

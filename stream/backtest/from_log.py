@@ -66,7 +66,7 @@ def observations(topics: dict, config: EngineConfig | None = None) -> tuple[list
             if out.topic == REQUIREMENTS:
                 account = state.accounts.get(out.value["account_id"])
                 held = account.positions.items() if account is not None else ()
-                snapshots[out.value["id"]] = {cid: (p.q_float, p.a_float) for cid, p in held}
+                snapshots[out.value["id"]] = {cid: state.contracts[cid].book.floats(row) for cid, row in held}
     settled: dict[str, dict] = {}
     for state in states.values():
         for cid, contract in state.contracts.items():

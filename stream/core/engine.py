@@ -138,9 +138,10 @@ def _apply_settlement(state: EngineState, ev: Settlement, raw: dict, cause: Caus
     for account in holders:
         if src_seen(account.src, cause):
             continue
-        position = account.positions.pop(contract.contract_id, None)
-        if position is not None:
-            account.equity_cents += position.settle_pnl_cents(ev.value, contract.lower_dec, contract.upper_dec)
+        row = account.positions.pop(contract.contract_id, None)
+        if row is not None:
+            account.equity_cents += contract.book.position(row).settle_pnl_cents(
+                ev.value, contract.lower_dec, contract.upper_dec)
         outputs.extend(publish_now(state, account, cause, ev.ts_us))
         src_mark(account.src, cause)
         state.touched.add(f"account:{account.account_id}")
@@ -261,14 +262,12 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
         )
     account = get_account(state, ev.account_id)
     _remember(state, account, f"t:{ev.trade_id}", ev.fingerprint, ev.ts_us)
-    position = account.positions.get(ev.contract_id)
-    if position is None:
-        position = add_position(account, contract)
-    position.add_fill(ev.delta, ev.notional_cents, ev.price_units)
-    row = position.row
-    contract.book.set(row, position)
+    row = account.positions.get(ev.contract_id)
+    if row is None:
+        row = add_position(account, contract)
+    contract.book.add_fill(row, ev.delta, ev.notional_cents, ev.price_units)
     # The scalar IM equals the vectorised one bit for bit (same float inputs, same ops).
-    store_position_risk(contract, row, position)
+    store_position_risk(contract, row)
     return _account_changed(state, account, cause, ev.ts_us)
 
 

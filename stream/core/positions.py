@@ -6,9 +6,11 @@ as integers: ``q`` in cents (a notional has at most cent precision) and ``a`` in
 never changes them and a fill costs two integer additions. Its loss at outcome ``K~`` is
 ``(a - q·K~) / R``, exact for any mix of opening and closing fills.
 
-:class:`Book` holds every position in one contract as float64 columns (one row per
-account, rows never move) plus the cached IM of each row, so a contract event re-margins
-all holders in one vectorised pass.
+:class:`Book` holds every position in one contract, one row per account (rows never
+move): its two exact integers, the same as float64 columns, and the row's cached risk
+components, so a contract event re-margins all holders in one vectorised pass. No object
+per position lives in the state (an account maps each contract to its row):
+:class:`Position` is a position's value, read from a row or a stored row.
 """
 
 from __future__ import annotations
@@ -37,21 +39,21 @@ def scaled(value: Decimal, scale: int, what: str) -> int:
 
 
 class Position:
-    """One net position: ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels), exact
-    (``q_cents``, ``a_units``: integers, see the module docstring).
+    """One net position's value: ``q = Σ δ·N`` (dollars) and ``a = Σ δ·N·P`` (dollar-levels),
+    exact (``q_cents``, ``a_units``: integers, see the module docstring). The live state
+    keeps no object per position -- its integers sit in its contract's :class:`Book` row --
+    so this is what a book row reads as (:meth:`Book.position`), what a stored row loads
+    as, and the arithmetic on them.
 
     ``q_float``/``a_float`` are ``q``/``a`` as floats (correctly rounded, as ``float`` of
-    the exact decimal is), computed when asked (memory per position). ``row`` is its row in
-    its contract's :class:`Book` (its floats and risk components; -1 before it has one):
-    the position finds its row, so the book needs no index of its accounts.
+    the exact decimal is).
     """
 
-    __slots__ = ("q_cents", "a_units", "row")
+    __slots__ = ("q_cents", "a_units")
 
-    def __init__(self, q_cents: int = 0, a_units: int = 0, row: int = -1):
+    def __init__(self, q_cents: int = 0, a_units: int = 0):
         self.q_cents = q_cents
         self.a_units = a_units
-        self.row = row
 
     @property
     def q_float(self) -> float:
@@ -68,17 +70,6 @@ class Position:
     @property
     def a(self) -> Decimal:  # Σ δ·N·P, dollar-levels, exact
         return Decimal(self.a_units).scaleb(-10, EXACT)
-
-    def add_fill(self, delta: int, notional_cents: int, price_units: int) -> None:
-        """One fill: ``delta`` +1 (buy) or -1, notional in cents, price in 1e-8."""
-        signed = notional_cents if delta > 0 else -notional_cents
-        self.q_cents += signed
-        self.a_units += signed * price_units
-
-    def copy(self) -> "Position":
-        twin = Position.__new__(Position)
-        twin.q_cents, twin.a_units, twin.row = self.q_cents, self.a_units, self.row
-        return twin
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Position):
@@ -111,8 +102,9 @@ class Position:
 
 
 class Book:
-    """All positions in one contract, column-wise: ``account_idx``, ``q``, ``a``, and each
-    row's risk components ``risk`` (im, max_loss, es, stress, conv, stat, conc: the order of
+    """All positions in one contract, column-wise: the exact integers ``q_cents`` and
+    ``a_units`` (lists of Python ints: ``a`` outgrows 64 bits), ``account_idx``, ``q``,
+    ``a`` (the integers as float64), and each row's risk components ``risk`` (im, max_loss, es, stress, conv, stat, conc: the order of
     :func:`stream.core.model.position_components`; ``im`` is its first column) with the
     contract version they were computed at (``versions``, -1: not yet). Rows never move."""
 
@@ -120,6 +112,8 @@ class Book:
 
     def __init__(self, capacity: int = 16):
         self.account_ids: list[str] = []  # per row
+        self.q_cents: list[int] = []  # per row, exact
+        self.a_units: list[int] = []  # per row, exact
         self.versions: list[int] = []  # per row (a list: read one at a time, per publish)
         self.account_idx = np.zeros(capacity, dtype=np.int64)
         self.q = np.zeros(capacity)
@@ -140,22 +134,39 @@ class Book:
             new[: self.n] = old[: self.n]
             setattr(self, name, new)
 
-    def add_row(self, account_id: str, account_idx: int) -> int:
-        """A new row for the account's position in this contract (its :attr:`Position.row`:
-        an account has at most one)."""
+    def add_row(self, account_id: str, account_idx: int, q_cents: int = 0, a_units: int = 0) -> int:
+        """A new row for the account's position in this contract (an account has at most
+        one: the row its ``positions`` names), holding ``q_cents`` and ``a_units``."""
         if self.n == self.q.size:
             self._grow()
         row = self.n
         self.account_ids.append(account_id)
         self.versions.append(-1)
+        self.q_cents.append(q_cents)
+        self.a_units.append(a_units)
         self.account_idx[row] = account_idx
+        self.q[row] = q_cents / Q_SCALE  # int / int: correctly rounded
+        self.a[row] = a_units / A_SCALE
         self.n += 1
         return row
 
-    def set(self, row: int, position: Position) -> None:
-        self.q[row] = position.q_float
-        self.a[row] = position.a_float
+    def add_fill(self, row: int, delta: int, notional_cents: int, price_units: int) -> None:
+        """One fill on row ``row``: ``delta`` +1 (buy) or -1, notional in cents, price in
+        1e-8: two integer additions, the floats refreshed, the risk components stale."""
+        signed = notional_cents if delta > 0 else -notional_cents
+        self.q_cents[row] = q = self.q_cents[row] + signed
+        self.a_units[row] = a = self.a_units[row] + signed * price_units
+        self.q[row] = q / Q_SCALE
+        self.a[row] = a / A_SCALE
         self.versions[row] = -1  # its components no longer match it
+
+    def position(self, row: int) -> Position:
+        """Row ``row``'s position, as a value."""
+        return Position(self.q_cents[row], self.a_units[row])
+
+    def floats(self, row: int) -> tuple[float, float]:
+        """Row ``row``'s ``q`` and ``a`` as floats (from the integers: no numpy scalar)."""
+        return self.q_cents[row] / Q_SCALE, self.a_units[row] / A_SCALE
 
     def columns(self) -> tuple[np.ndarray, np.ndarray]:
         return self.q[: self.n], self.a[: self.n]

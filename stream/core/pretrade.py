@@ -94,18 +94,19 @@ def _scratch(state: EngineState, account_id: str, contract_ids: set[str]) -> tup
         account.equity_cents, account.call = live.equity_cents, copy.copy(live.call)
         account.published_im_cents = live.published_im_cents
         account.published_equity_cents = live.published_equity_cents
-        for cid, position in live.positions.items():
-            account.positions[cid] = position.copy()
+        account.positions = dict(live.positions)  # rows of the live books, read only
     contracts = dict(state.contracts)
     for cid in contract_ids & contracts.keys():
+        live_contract = contracts[cid]
         twin = object.__new__(ContractState)
-        twin.__dict__.update(contracts[cid].__dict__)
+        twin.__dict__.update(live_contract.__dict__)
         twin.book, twin.src = Book(), {}
-        position = account.positions.get(cid)
-        if position is not None:
-            position.row = row = twin.book.add_row(account_id, account.index)
-            twin.book.set(row, position)
-            store_position_risk(twin, row, position)
+        row = account.positions.get(cid)
+        if row is not None:  # the twin's book gets a copy of the position, in its row 0
+            position = live_contract.book.position(row)
+            account.positions[cid] = row = twin.book.add_row(account_id, account.index, position.q_cents,
+                                                             position.a_units)
+            store_position_risk(twin, row)
         contracts[cid] = twin
     scratch.contracts = contracts
     scratch.accounts[account_id] = account

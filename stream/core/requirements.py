@@ -28,10 +28,8 @@ def account_risk(state: EngineState, account: Account) -> tuple[float, list[dict
     total = 0.0
     positions = []
     contracts = state.contracts
-    account_id = account.account_id
-    for cid, position in account.positions.items():  # in contract_id order
-        contract = contracts[cid]
-        im, record = position_record(contract, position.row, position)
+    for cid, row in account.positions.items():  # in contract_id order
+        im, record = position_record(contracts[cid], row)
         total += im
         positions.append(record)
     return total, positions

@@ -20,7 +20,7 @@ from stream.core import model
 from stream.core.calls import OpenCall
 from stream.core.model import RiskVector
 from stream.core.money import ZERO, cents_str, to_cents
-from stream.core.positions import Book, Position
+from stream.core.positions import Q_SCALE, Book, Position
 from stream.core.messages import (
     Cause,
     Flash,
@@ -108,10 +108,11 @@ class Account:
     account_id: str
     index: int
     equity_cents: int = 0
-    # The open positions, kept in contract_id order: the order account IMs are summed in,
-    # the same in every partition and every run whatever the order of listings and fills
-    # (see :func:`add_position`).
-    positions: dict[str, Position] = field(default_factory=dict)
+    # The open positions, contract_id -> the position's row in that contract's book (its
+    # exact integers, floats and risk components: :class:`Book`), kept in contract_id order:
+    # the order account IMs are summed in, the same in every partition and every run
+    # whatever the order of listings and fills (see :func:`add_position`).
+    positions: dict[str, int] = field(default_factory=dict)
     # "t:<trade_id>"/"m:<movement_id>" -> the id's fingerprint and ts_us packed in one int
     # (:func:`seen_entry`): the ids applied within the dedup horizon (older ones are pruned,
     # see :func:`_remember`). Persisted one row per id (see :func:`seen_key`), not in the
@@ -126,11 +127,11 @@ class Account:
     # value gives the same ``seen`` whenever it runs, since older ids are never added).
     pruned_at_us: int | None = field(default=None, repr=False, compare=False)
 
-    def as_row(self) -> dict:
+    def as_row(self, contracts: dict[str, "ContractState"]) -> dict:
         return {
             "account_id": self.account_id,
             "equity": cents_str(self.equity_cents),
-            "positions": {cid: p.as_dict() for cid, p in self.positions.items()},
+            "positions": {cid: contracts[cid].book.position(row).as_dict() for cid, row in self.positions.items()},
             "src": dict(self.src),
             "published_im_cents": self.published_im_cents,
             "published_equity": None if self.published_equity_cents is None else cents_str(self.published_equity_cents),
@@ -160,7 +161,7 @@ class EngineState:
         for cid, contract in self.contracts.items():
             yield f"contract:{cid}", contract.as_row()
         for aid, account in self.accounts.items():
-            yield f"account:{aid}", account.as_row()
+            yield f"account:{aid}", account.as_row(self.contracts)
             for key, entry in account.seen.items():
                 yield seen_key(aid, key), seen_row(entry)
 
@@ -175,8 +176,11 @@ class EngineState:
             account = self.accounts.get(account_id)
             entry = account.seen.get(id_key) if account is not None else None
             return None if entry is None else seen_row(entry)
-        entity = (self.contracts if kind == "contract" else self.accounts).get(ident)
-        return None if entity is None else entity.as_row()
+        if kind == "contract":
+            contract = self.contracts.get(ident)
+            return None if contract is None else contract.as_row()
+        account = self.accounts.get(ident)
+        return None if account is None else account.as_row(self.contracts)
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, dict]], config: EngineConfig | None = None) -> "EngineState":
@@ -213,10 +217,8 @@ class EngineState:
             account.call = OpenCall.from_dict(row["call"])
             for cid, raw in sorted(row["positions"].items()):
                 position = Position.from_dict(raw)
-                account.positions[cid] = position
-                contract = state.contracts[cid]
-                position.row = contract.book.add_row(account.account_id, account.index)
-                contract.book.set(position.row, position)
+                account.positions[cid] = state.contracts[cid].book.add_row(
+                    account.account_id, account.index, position.q_cents, position.a_units)
         for (account_id, id_key), entry in sorted(seen_rows):
             get_account(state, account_id).seen[id_key] = seen_entry(*entry)
         for contract in state.contracts.values():
@@ -347,36 +349,43 @@ def refresh_book(state: EngineState, contract: ContractState) -> None:
         book.versions[:n] = [contract.version] * n
 
 
-def store_position_risk(contract: ContractState, row: int, position: Position) -> float:
+def store_position_risk(contract: ContractState, row: int) -> float:
     """Compute one position's components (scalar path) into its book row; return its IM."""
     book = contract.book
-    components = model.position_components(position.q_float, position.a_float, contract.rv, contract.conv_f)
+    q, a = book.floats(row)
+    components = model.position_components(q, a, contract.rv, contract.conv_f)
     book.risk[row] = components
     book.versions[row] = contract.version
     return components[0]
 
 
-def position_record(contract: ContractState, row: int, position: Position) -> tuple[float, dict]:
+def position_record(contract: ContractState, row: int) -> tuple[float, dict]:
     """``(im, the requirement record's dict)`` of the position in book row ``row``, its
     components computed first if its row is not current (a fresh dict: callers own it)."""
     book = contract.book
     if book.versions[row] != contract.version:
-        store_position_risk(contract, row, position)
+        store_position_risk(contract, row)
     components = book.risk[row].tolist()
-    return components[0], model.risk_dict(contract.contract_id, position.q_float, *components, contract.tau)
+    return components[0], model.risk_dict(contract.contract_id, book.q_cents[row] / Q_SCALE, *components, contract.tau)
 
 
-def add_position(account: Account, contract: ContractState) -> Position:
-    """A new, empty position of ``account`` in ``contract`` with its book row, kept in
-    contract_id order."""
+def add_position(account: Account, contract: ContractState) -> int:
+    """A new, empty position of ``account`` in ``contract``: its book row, kept in
+    contract_id order in the account's ``positions``."""
     contract_id = contract.contract_id
-    position = Position(row=contract.book.add_row(account.account_id, account.index))
+    row = contract.book.add_row(account.account_id, account.index)
     positions = account.positions
     out_of_order = any(cid > contract_id for cid in positions)
-    positions[contract_id] = position
+    positions[contract_id] = row
     if out_of_order:
         account.positions = dict(sorted(positions.items()))
-    return position
+    return row
+
+
+def position_of(state: EngineState, account: Account, contract_id: str) -> Position | None:
+    """``account``'s position in ``contract_id`` as a value (None if it holds none)."""
+    row = account.positions.get(contract_id)
+    return None if row is None else state.contracts[contract_id].book.position(row)
 
 
 def get_account(state: EngineState, account_id: str) -> Account:
