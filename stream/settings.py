@@ -73,7 +73,7 @@ class Settings:
         "KPIMARGIN_PERSIST_QUEUE_MAX", 8, "Most batches waiting to be made durable before the engine waits for the persister (back-pressure)."
     )
     stall_timeout_s: float = setting(
-        "KPIMARGIN_STALL_TIMEOUT_S", 30.0, "When no log partition delivered a record for this long while one has records to apply, that one is sought back to its next offset; when faust's changelog recovery read nothing for this long with records left, the group is asked to rebalance."
+        "KPIMARGIN_STALL_TIMEOUT_S", 30.0, "When no log partition delivered a record for this long while one has records to apply, that one is sought back to its next offset; when faust's changelog recovery read nothing for this long with records left, the group is asked to rebalance; a rebalance without progress for twice this long stops the worker (status 70) for its supervisor to restart."
     )
     call_update_threshold: Decimal = setting(
         "KPIMARGIN_CALL_UPDATE_THRESHOLD", Decimal("0.01"), "Shortfall change (dollars) that publishes an UPDATED call."
@@ -111,7 +111,7 @@ class Settings:
     ssl_keyfile: str = setting("KAFKA_SSL_KEYFILE", "", "Client key for mutual TLS.")
     log_level: str = setting("KPIMARGIN_LOG_LEVEL", "warning", "Worker log level.")
     fault_injection: str = setting(
-        "KPIMARGIN_FAULT_INJECTION", "", "Testing only: in_apply:N, after_outputs:N, mid_rows:N, after_rows:N or in_recovery makes the worker SIGKILL itself there (N: after N batches); the same names prefixed with freeze_ make it SIGSTOP itself there once; skip_resume_commit leaves the group's log offsets as they are on a rebalance and takes every log record from the log (no hand-off); stall_recovery takes the first changelog recovery with records to read for a stalled one (the group is asked to rebalance)."
+        "KPIMARGIN_FAULT_INJECTION", "", "Testing only: in_apply:N, after_outputs:N, mid_rows:N, after_rows:N or in_recovery makes the worker SIGKILL itself there (N: after N batches); the same names prefixed with freeze_ make it SIGSTOP itself there once; skip_resume_commit leaves the group's log offsets as they are on a rebalance and takes every log record from the log (no hand-off); stall_recovery takes the first changelog recovery with records to read for a stalled one (the group is asked to rebalance); stall_rebalance makes the first rebalance hang where it would complete."
     )
 
     @classmethod

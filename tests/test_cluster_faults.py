@@ -142,8 +142,10 @@ def settle_supervised(cluster: Cluster, codes: list[int], timeout_s: float = 300
 
 
 def run_through_fault(kafka, tmp_path, summary, name: str, steps) -> None:
+    # stall_timeout_s: a rebalance hung for twice as long stops its worker (stream.worker.recovery),
+    # and the supervisor below starts another -- within one settle window
     settings = fresh_settings(kafka.bootstrap, tmp_path, batch_max=20, replication_factor=3,
-                              request_timeout_s=REQUEST_TIMEOUT_S)
+                              request_timeout_s=REQUEST_TIMEOUT_S, stall_timeout_s=15.0)
     cluster = Cluster(settings, tmp_path)
     pieces = chunked(scenario(EVENTS), PIECES)
     timeline = Timeline(steps(kafka, settings))

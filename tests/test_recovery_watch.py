@@ -34,3 +34,29 @@ def test_a_first_stall_time_of_zero_takes_the_first_recovery_with_records_for_st
     assert not watch.stalled(True, 0, now=0.0)
     assert watch.stalled(True, 7, now=1.0)
     assert not watch.stalled(True, 7, now=2.0) and watch.stalled(True, 7, now=31.0)
+
+
+def test_a_rebalance_is_hung_only_without_progress_for_the_whole_limit():
+    from stream.worker.recovery import RebalanceWatch
+
+    watch = RebalanceWatch(limit_s=60.0)
+    assert not watch.hung(True, (1, False, 0, 0), now=0.0)
+    assert not watch.hung(True, (1, False, 0, 0), now=59.0)
+    assert watch.hung(True, (1, False, 0, 0), now=60.0)
+    # progress (a new assignment, a recovery, a loaded partition) starts the clock again
+    watch = RebalanceWatch(limit_s=60.0)
+    watch.hung(True, (1, False, 0, 0), now=0.0)
+    assert not watch.hung(True, (1, True, 500, 0), now=50.0)
+    assert not watch.hung(True, (1, True, 500, 0), now=100.0)
+    assert watch.hung(True, (1, True, 500, 0), now=110.0)
+    # not rebalancing: never hung, and the clock starts over
+    watch = RebalanceWatch(limit_s=60.0)
+    watch.hung(True, (2, False, 0, 0), now=0.0)
+    assert not watch.hung(False, (2, False, 0, 0), now=70.0)
+    assert not watch.hung(True, (2, False, 0, 0), now=80.0)
+    assert not watch.hung(True, (2, False, 0, 0), now=139.0)
+    # time the process was stopped (a frozen VM) does not count
+    watch = RebalanceWatch(limit_s=60.0)
+    watch.hung(True, (3, False, 0, 0), now=0.0)
+    assert not watch.hung(True, (3, False, 0, 0), now=100.0, paused_s=90.0)
+    assert watch.hung(True, (3, False, 0, 0), now=150.0)

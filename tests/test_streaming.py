@@ -310,6 +310,33 @@ def test_a_group_offset_ahead_of_the_durable_state_is_sought_back(bootstrap, tmp
     assert set(outputs) == set(replayed) and all(outputs[i] == r for i, r in replayed.items())
 
 
+def test_a_hung_rebalance_stops_the_worker_and_the_group_completes(bootstrap, tmp_path, clean_run):
+    """The rebalance watch (stream.worker.recovery): a worker whose rebalance hangs in
+    faust's callback (KPIMARGIN_FAULT_INJECTION=stall_rebalance, as seen once on three Kafka
+    nodes) stops itself with status 70 after twice KPIMARGIN_STALL_TIMEOUT_S without
+    progress; a supervisor starts a worker in its place, and every output equals the clean
+    run."""
+    settings = fresh_settings(bootstrap, tmp_path)
+    cluster = Cluster(settings, tmp_path)
+    cluster.supervise = True
+    cluster.start_worker()
+    hung = cluster.start_worker(replace(settings, fault_injection="stall_rebalance", stall_timeout_s=2.0))
+    try:
+        cluster.publish(copy.deepcopy(PHASES), after_publish=lambda phase: _supervise(cluster), timeout_s=120)
+        outputs = cluster.settle(timeout_s=120)
+    finally:
+        cluster.stop()
+    text = (tmp_path / "worker-2.log").read_text(errors="replace")
+    assert "fault injection: the rebalance hangs here" in text
+    assert hung.returncode == 70 and cluster.restarts == [hung.pid], (hung.returncode, cluster.restarts)
+    assert "has made no progress for 4 s" in text
+    assert outputs == clean_run["outputs"]
+
+
+async def _supervise(cluster) -> None:
+    cluster.assert_alive()  # restarts a worker that stopped with status 70
+
+
 def test_a_stalled_changelog_recovery_asks_for_a_rebalance_and_completes(bootstrap, tmp_path, clean_run):
     """The recovery watch (stream.worker.recovery): a worker that takes over a partition
     whose changelog has rows, its first recovery taken for stalled

@@ -70,6 +70,7 @@ class LogAgent:
         self.stopping = False
         self.owned: set[int] = set()  # the log partitions faust assigned to this worker
         self.generation = 0  # moved on by each assignment
+        self.rebuilding = 0  # partitions being rebuilt from margin.log now
         self.assigned: set[int] | None = None  # those, once loaded after the rebalance (None: not yet)
         self.rebalancing = True  # from a revocation until the assigned partitions are loaded
         self.loading: dict[int, asyncio.Future] = {}  # partition -> its load in progress
@@ -102,11 +103,14 @@ class LogAgent:
             log.warning("partition %d: the changelog's rows do not match the digest of their meta row (log offset "
                         "%d): rows written by a replaced worker after its successor's; rebuilding from margin.log",
                         p, offset, extra={"partition": p, "offset": offset})
+            self.rebuilding += 1  # a long replay is progress, not a hung rebalance (stream.worker.recovery)
             try:
                 state = await rebuild_from_log(self.settings, p, offset, self.config)
             except RebuildError as exc:
                 log.critical("partition %d: %s", p, exc, extra={"partition": p})
                 raise
+            finally:
+                self.rebuilding -= 1
             state.touched.update(key for key, _row in state.rows())
             state.touched.update(loaded.live)  # rows the rebuilt state lacks are written as deleted
             state.touched.update(loaded.rewrite)

@@ -140,6 +140,10 @@ def create_app(settings: Settings, http_socket=None) -> faust.App:
         partition assigned, the offset right after its durable ``meta`` -- where the agent
         resumes -- so that the stream starts exactly there (faust's own commits may have
         run past it, or lag behind it)."""
+        if agent.faults.name == "stall_rebalance" and not agent.faults.frozen:  # testing: the rebalance hangs
+            agent.faults.frozen = True  # (faust's recovery waits for this signal: it never completes)
+            log.warning("fault injection: the rebalance hangs here")
+            await asyncio.Event().wait()
         await guarded("rebalance", agent.commit_resume_offsets)
         # the assigned partitions' state, loaded now rather than at their first record
         # (the HTTP API and readiness need it); in its own task: faust's recovery goes on
@@ -169,7 +173,7 @@ def create_app(settings: Settings, http_socket=None) -> faust.App:
         # to read counts as stalled at once, so that the rebalance it asks for is exercised
         testing = agent.faults.name == "stall_recovery"
         await guarded("recovery watch", watch_recovery, app, settings.stall_timeout_s, 0.005 if testing else 0.2,
-                      0.0 if testing else None)
+                      0.0 if testing else None, agent)
 
     app.recovery_watch = recovery_watch
 

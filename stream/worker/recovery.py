@@ -10,6 +10,13 @@ partitions is delivered. The cause is inside faust's and aiokafka's fetching (no
 a new rebalance resets both (the fetcher drops its assignment state, the recovery starts
 over), which is what this watch does. A recovery that makes progress, however slowly, is
 left alone.
+
+A rebalance can also hang before any recovery starts (seen once on a three-node Kafka with
+a broker frozen and thawed: a worker took its new assignment and logged nothing more, its
+partitions never loaded). Faust's rebalance callback is then what waits, so a rejoin would
+not reach it: a rebalance that has made no progress (same assignment, no recovery, nothing
+loaded) for twice ``KPIMARGIN_STALL_TIMEOUT_S`` stops the worker (status 70), and its
+supervisor's restart rejoins with a fresh client -- as for any failure of the machinery.
 """
 
 from __future__ import annotations
@@ -50,14 +57,48 @@ class RecoveryWatch:
         return False
 
 
-async def watch_recovery(app, stall_s: float, interval_s: float = 1.0, first_stall_s: float | None = None) -> None:
+class RebalanceWatch:
+    """Decides when a rebalance hangs: the worker is rebalancing and what it reports (its
+    assignment's generation, whether faust recovers, the records left) has not changed
+    for ``limit_s`` seconds of its own running time."""
+
+    def __init__(self, limit_s: float):
+        self.limit_s = limit_s
+        self.since: float | None = None
+        self.seen: tuple | None = None
+
+    def hung(self, rebalancing: bool, progress: tuple, now: float, paused_s: float = 0.0) -> bool:
+        if not rebalancing:
+            self.since = None
+            return False
+        if self.since is None or progress != self.seen:
+            self.since, self.seen = now, progress
+            return False
+        self.since += paused_s  # time the process did not run (a frozen VM) is no rebalance's fault
+        return now - self.since >= self.limit_s
+
+
+async def watch_recovery(app, stall_s: float, interval_s: float = 1.0, first_stall_s: float | None = None,
+                         agent=None) -> None:
     """Forever: look at faust's recovery every ``interval_s``; a stall asks for a rebalance
-    (``first_stall_s``, testing: the first one after that long instead)."""
+    (``first_stall_s``, testing: the first one after that long instead). With ``agent``
+    (the log agent: its ``rebalancing`` and ``generation``), a rebalance hung outside the
+    recovery for ``2 * stall_s`` stops the worker."""
     watch = RecoveryWatch(stall_s, first_stall_s)
+    rebalance = RebalanceWatch(2 * stall_s)
     recovery = app.tables.recovery
+    last = time.monotonic()
     while True:
         await asyncio.sleep(interval_s)  # a polling watchdog's period
+        now = time.monotonic()
+        paused_s, last = max(0.0, now - last - max(1.0, 5 * interval_s)), now
         remaining = recovery.active_remaining_total() if recovery.in_recovery else 0
+        if agent is not None and rebalance.hung(agent.rebalancing and not agent.rebuilding,
+                                                (agent.generation, recovery.in_recovery, remaining, len(agent.parts)),
+                                                now, paused_s):
+            raise RuntimeError(f"the rebalance (assignment {agent.generation}) has made no progress for "
+                               f"{rebalance.limit_s:.0f} s (twice KPIMARGIN_STALL_TIMEOUT_S): stopping, so that a "
+                               "restart rejoins the group")
         if watch.stalled(recovery.in_recovery, remaining, time.monotonic()):
             log.warning("faust's changelog recovery has read nothing for %.0f s with %d records left "
                         "(KPIMARGIN_STALL_TIMEOUT_S): asking the group to rebalance", stall_s, remaining)
