@@ -111,7 +111,7 @@ class Settings:
     ssl_keyfile: str = setting("KAFKA_SSL_KEYFILE", "", "Client key for mutual TLS.")
     log_level: str = setting("KPIMARGIN_LOG_LEVEL", "warning", "Worker log level.")
     fault_injection: str = setting(
-        "KPIMARGIN_FAULT_INJECTION", "", "Testing only: in_apply:N, after_outputs:N, mid_rows:N, after_rows:N or in_recovery makes the worker SIGKILL itself there (N: after N batches); the same names prefixed with freeze_ make it SIGSTOP itself there once; skip_resume_commit leaves the group's log offsets as they are on a rebalance and takes every log record from the log (no hand-off); stall_recovery takes the first changelog recovery with records to read for a stalled one (the group is asked to rebalance); stall_rebalance makes the first rebalance hang where it would complete."
+        "KPIMARGIN_FAULT_INJECTION", "", "Testing only: in_apply:N, after_outputs:N, mid_rows:N, after_rows:N or in_recovery makes the worker SIGKILL itself there (N: after N batches); the same names prefixed with freeze_ make it SIGSTOP itself there once; skip_resume_commit leaves the group's log offsets as they are on a rebalance and takes every log record from the log (no hand-off); stall_recovery takes the first changelog recovery with records to read for a stalled one (the group is asked to rebalance); stall_rebalance makes every rebalance hang where it would complete."
     )
 
     @classmethod

@@ -6,8 +6,8 @@ when it gets SIGCONT); ``skip_resume_commit`` leaves the group's log offsets as 
 a rebalance, and the log agent takes every record from the log (no hand-off from the
 router): a worker whose group offsets run ahead of its state must then seek back;
 ``stall_recovery`` makes the recovery watch (:mod:`stream.worker.recovery`) take the first
-changelog recovery with records to read for a stalled one; ``stall_rebalance`` makes the
-first rebalance hang where it would complete (the rebalance watch stops the worker). The
+changelog recovery with records to read for a stalled one; ``stall_rebalance`` makes
+every rebalance hang where it would complete (the rebalance watch stops the worker). The
 points:
 
 * ``in_apply``: a log record applied in memory, its outputs not yet queued;
