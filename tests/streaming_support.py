@@ -386,6 +386,7 @@ def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
     import sys
 
     from .conftest import comparable_rows
+    from .diagnosis import order_inversions, record_difference
 
     replayed, states = cluster.replayed()
     rows = cluster.table_rows()
@@ -405,7 +406,8 @@ def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
                                            f"{len(set(expected) - set(outputs))} missing; "
                                            f"{order_inversions(cluster, log_records)}")
     for rid, record in expected.items():
-        assert outputs[rid] == record, f"record {rid} differs from the publication-order computation"
+        assert outputs[rid] == record, (f"record {rid} differs from the publication-order computation: "
+                                        f"{record_difference(outputs[rid], record)}; {order_inversions(cluster, log_records)}")
     assert set(outputs) == set(replayed), (
         f"the outputs differ from a replay of margin.log: published, not replayed "
         f"{[(outputs[i]['_topic'], outputs[i].get('cause')) for i in sorted(set(outputs) - set(replayed))[:3]]}; "
@@ -422,36 +424,6 @@ def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
     return {"inputs": len(cluster.published), "log_records": len(log_records),
             "log_entries": sum(len(record_entries(value)) for _p, _o, value in log_records),
             "records": len(outputs), "replayed": len(replayed), "mismatches": 0, "replay_exit": proc.returncode}
-
-
-def order_inversions(cluster: Cluster, log_records, shown: int = 10) -> str:
-    """Where each log partition's order departs from the publication order, for a failure
-    message: the entries applied after one published later than them, across topics (an
-    account topic's own partitions are independent), with their broker timestamps; all of
-    them are written to ``inversions.txt`` in the test's directory."""
-    index = {(t, p, o): i for i, (t, p, o, _m) in enumerate(cluster.published)}
-
-    async def stamped(topic: str) -> dict[tuple[str, int, int], int]:
-        return {(topic, p, o): t async for p, o, t, _k, _v in read_topic(cluster.settings, topic, idle_timeout_s=1.0)}
-
-    stamps = {}
-    for topic in INPUT_TOPICS:
-        stamps.update(asyncio.run(stamped(topic)))
-    found = []
-    for log_p, log_o, value in sorted(log_records):
-        latest = None  # the entry published last among those applied so far
-        for entry in record_entries(value):
-            source = entry_source(entry)
-            if source is None or source[:3] not in index:
-                continue
-            i = index[source[:3]]
-            if latest is not None and i < latest[0] and source[0] != latest[1][0]:
-                found.append(f"log {log_p}@{log_o}: {source[:3]} (published #{i}, ts {stamps.get(source[:3])}) after "
-                             f"{latest[1]} (published #{latest[0]}, ts {stamps.get(latest[1])})")
-            if latest is None or i > latest[0]:
-                latest = (i, source[:3])
-    (cluster.tmp / "inversions.txt").write_text("\n".join(found) + "\n")
-    return f"{len(found)} entries applied after a later-published one, e.g. {found[:shown]}"
 
 
 def breakdown(outputs: dict[str, dict]) -> str:

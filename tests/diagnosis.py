@@ -1,0 +1,48 @@
+"""What a fault test's failure message says when the outputs differ from the publication
+order: which log entries were applied out of that order, and how a record differs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stream.core.topics import INPUT_TOPICS
+from stream.kafka.clients import read_topic
+from stream.log.ordered_log import entry_source, record_entries
+
+
+def record_difference(got: dict, want: dict, width: int = 300) -> str:
+    """The fields of a published record that differ from the expected one (each side cut at
+    ``width`` characters)."""
+    keys = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    return "; ".join(f"{k}: published {str(got.get(k))[:width]}, expected {str(want.get(k))[:width]}" for k in keys)
+
+
+def order_inversions(cluster, log_records, shown: int = 10) -> str:
+    """Where each log partition's order departs from the publication order, for a failure
+    message: the entries applied after one published later than them with another
+    timestamp (one :meth:`Cluster.publish_messages` run shares a timestamp: its order across
+    partitions is the merge's tie-break), with their broker timestamps; all of them are
+    written to ``inversions.txt`` in the test's directory."""
+    index = {(t, p, o): i for i, (t, p, o, _m) in enumerate(cluster.published)}
+
+    async def stamped(topic: str) -> dict[tuple[str, int, int], int]:
+        return {(topic, p, o): t async for p, o, t, _k, _v in read_topic(cluster.settings, topic, idle_timeout_s=1.0)}
+
+    stamps = {}
+    for topic in INPUT_TOPICS:
+        stamps.update(asyncio.run(stamped(topic)))
+    found = []
+    for log_p, log_o, value in sorted(log_records):
+        latest = None  # the entry published last among those applied so far
+        for entry in record_entries(value):
+            source = entry_source(entry)
+            if source is None or source[:3] not in index:
+                continue
+            i = index[source[:3]]
+            if latest is not None and i < latest[0] and stamps.get(source[:3]) != stamps.get(latest[1]):
+                found.append(f"log {log_p}@{log_o}: {source[:3]} (published #{i}, ts {stamps.get(source[:3])}) after "
+                             f"{latest[1]} (published #{latest[0]}, ts {stamps.get(latest[1])})")
+            if latest is None or i > latest[0]:
+                latest = (i, source[:3])
+    (cluster.tmp / "inversions.txt").write_text("\n".join(found) + "\n")
+    return f"{len(found)} entries applied after a later-published one, e.g. {found[:shown]}"
