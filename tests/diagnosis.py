@@ -45,4 +45,26 @@ def order_inversions(cluster, log_records, shown: int = 10) -> str:
             if latest is None or i > latest[0]:
                 latest = (i, source[:3])
     (cluster.tmp / "inversions.txt").write_text("\n".join(found) + "\n")
-    return f"{len(found)} entries applied after a later-published one, e.g. {found[:shown]}"
+    return (f"{len(found)} entries applied after a later-published one, e.g. {found[:shown]}; "
+            f"{repeated_entries(log_records, shown)}")
+
+
+def repeated_entries(log_records, shown: int = 10) -> str:
+    """Inputs the log holds more than once within a log partition (a log record written
+    twice: a produce retried after the broker had taken it), with where."""
+    where: dict[tuple, list[str]] = {}
+    for log_p, log_o, value in sorted(log_records):
+        for entry in record_entries(value):
+            source = entry_source(entry)
+            if source is not None:
+                where.setdefault((log_p, *source[:3]), []).append(f"{log_p}@{log_o}")
+    repeated = {k: v for k, v in where.items() if len(v) > 1}
+    return f"{len(repeated)} inputs in the log more than once, e.g. {list(repeated.items())[:shown]}"
+
+
+def replay_agreement(outputs: dict, replayed: dict) -> str:
+    """Whether the published records equal a replay of the log (then the log itself holds
+    the order that differs from the publication order; else the workers departed from it)."""
+    differ = sorted(rid for rid in set(outputs) | set(replayed) if outputs.get(rid) != replayed.get(rid))
+    return (f"published vs a replay of the log: {len(set(outputs) - set(replayed))} not replayed, "
+            f"{len(set(replayed) - set(outputs))} not published, {len(differ)} differ in all")

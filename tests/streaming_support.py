@@ -386,7 +386,7 @@ def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
     import sys
 
     from .conftest import comparable_rows
-    from .diagnosis import order_inversions, record_difference
+    from .diagnosis import order_inversions, record_difference, replay_agreement
 
     replayed, states = cluster.replayed()
     rows = cluster.table_rows()
@@ -404,10 +404,11 @@ def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
     assert set(outputs) == set(expected), (f"the outputs differ from the pure engine applied in publication order: "
                                            f"{len(set(outputs) - set(expected))} extra, "
                                            f"{len(set(expected) - set(outputs))} missing; "
-                                           f"{order_inversions(cluster, log_records)}")
+                                           f"{order_inversions(cluster, log_records)}; {replay_agreement(outputs, replayed)}")
     for rid, record in expected.items():
         assert outputs[rid] == record, (f"record {rid} differs from the publication-order computation: "
-                                        f"{record_difference(outputs[rid], record)}; {order_inversions(cluster, log_records)}")
+                                        f"{record_difference(outputs[rid], record)}; {order_inversions(cluster, log_records)}; "
+                                        f"{replay_agreement(outputs, replayed)}")
     assert set(outputs) == set(replayed), (
         f"the outputs differ from a replay of margin.log: published, not replayed "
         f"{[(outputs[i]['_topic'], outputs[i].get('cause')) for i in sorted(set(outputs) - set(replayed))[:3]]}; "
