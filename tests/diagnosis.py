@@ -68,3 +68,23 @@ def replay_agreement(outputs: dict, replayed: dict) -> str:
     differ = sorted(rid for rid in set(outputs) | set(replayed) if outputs.get(rid) != replayed.get(rid))
     return (f"published vs a replay of the log: {len(set(outputs) - set(replayed))} not replayed, "
             f"{len(set(replayed) - set(outputs))} not published, {len(differ)} differ in all")
+
+
+def changelog_history(cluster, partition: int, row_key: str, shown: int = 12) -> str:
+    """Every changelog record of one row, and of its partition's ``meta`` row, in offset
+    order (offset, timestamp, the first bytes of the value): whether the row's last write
+    was lost, overtaken or never made."""
+    from dataclasses import replace
+
+    wanted = {f"{partition}|{row_key}".encode(), f"{partition}|meta".encode()}
+    settings = replace(cluster.settings, topic_prefix="")
+
+    async def history() -> list[str]:
+        name = f"{cluster.settings.app_id}-state-changelog"
+        return [f"{key.decode()}@{o} ts {t}: {(value or b'<tombstone>')[:160].decode(errors='replace')}"
+                async for p, o, t, key, value in read_topic(settings, name, idle_timeout_s=1.0)
+                if p == partition and key in wanted]
+
+    lines = asyncio.run(history())
+    (cluster.tmp / f"changelog-{partition}-{row_key.replace(':', '_')}.txt").write_text("\n".join(lines) + "\n")
+    return f"its changelog history, last {shown} of {len(lines)}: {lines[-shown:]}"

@@ -386,7 +386,7 @@ def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
     import sys
 
     from .conftest import comparable_rows
-    from .diagnosis import order_inversions, record_difference, replay_agreement
+    from .diagnosis import changelog_history, order_inversions, record_difference, replay_agreement
 
     replayed, states = cluster.replayed()
     rows = cluster.table_rows()
@@ -420,7 +420,7 @@ def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
         differ = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
         assert not differ, (f"persisted state of log partition {partition} differs from the replayed state in "
                             f"{len(differ)} rows, e.g. {differ[0]}: persisted {got.get(differ[0])}, "
-                            f"replayed {want.get(differ[0])}")
+                            f"replayed {want.get(differ[0])}; {changelog_history(cluster, partition, differ[0])}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"inputs": len(cluster.published), "log_records": len(log_records),
             "log_entries": sum(len(record_entries(value)) for _p, _o, value in log_records),
