@@ -10,10 +10,15 @@ from stream.kafka.clients import read_topic
 from stream.log.ordered_log import entry_source, record_entries
 
 
+def differing_keys(got: dict, want: dict) -> list:
+    """The keys whose values differ between two dicts (one missing counts), sorted."""
+    return sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+
+
 def record_difference(got: dict, want: dict, width: int = 300) -> str:
     """The fields of a published record that differ from the expected one (each side cut at
     ``width`` characters)."""
-    keys = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    keys = differing_keys(got, want)
     return "; ".join(f"{k}: published {str(got.get(k))[:width]}, expected {str(want.get(k))[:width]}" for k in keys)
 
 
@@ -65,7 +70,7 @@ def repeated_entries(log_records, shown: int = 10) -> str:
 def replay_agreement(outputs: dict, replayed: dict) -> str:
     """Whether the published records equal a replay of the log (then the log itself holds
     the order that differs from the publication order; else the workers departed from it)."""
-    differ = sorted(rid for rid in set(outputs) | set(replayed) if outputs.get(rid) != replayed.get(rid))
+    differ = differing_keys(outputs, replayed)
     return (f"published vs a replay of the log: {len(set(outputs) - set(replayed))} not replayed, "
             f"{len(set(replayed) - set(outputs))} not published, {len(differ)} differ in all")
 

@@ -32,6 +32,8 @@ from stream.log.ordered_log import entry_source, record_entries, record_position
 from stream.settings import Settings
 from stream.worker import durable
 
+from .diagnosis import differing_keys
+
 
 def docker_available() -> bool:
     try:
@@ -205,8 +207,7 @@ class Cluster:
                 record["_topic"] = topic
                 previous = by_id.setdefault(record["id"], record)
                 if previous != record:
-                    diff = {k: (previous.get(k), record.get(k)) for k in set(previous) | set(record)
-                            if previous.get(k) != record.get(k)}
+                    diff = {k: (previous.get(k), record.get(k)) for k in differing_keys(previous, record)}
                     raise AssertionError(f"id {record['id']} published with different content: {diff}\n"
                                          f"first: {previous}\nlater: {record}")
         return by_id
@@ -417,7 +418,7 @@ def check_outcome(cluster: Cluster, outputs: dict[str, dict]) -> dict:
         assert outputs[rid] == record, f"record {rid} differs from its replay"
     for partition, state in states.items():
         got, want = comparable_rows(rows.get(partition, {}).items()), comparable_rows(state.rows())
-        differ = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        differ = differing_keys(got, want)
         assert not differ, (f"persisted state of log partition {partition} differs from the replayed state in "
                             f"{len(differ)} rows, e.g. {differ[0]}: persisted {got.get(differ[0])}, "
                             f"replayed {want.get(differ[0])}; {changelog_history(cluster, partition, differ[0])}")

@@ -97,7 +97,7 @@ def chunked(phases: list[dict], chunks: int) -> list[list[tuple[str, list[dict]]
     each account's in one partition, in order); a listing, flash, settlement or tick goes
     alone, acknowledged before the next (two flashes of one run, on two partitions, gave
     their holders' requirements in either order: the publication-order comparison failed
-    one rolling restart in three)."""
+    4 of 14 rolling restarts run alone)."""
     flat = [(ph["topic"], m) for ph in phases for m in ph["messages"]]
     size = -(-len(flat) // chunks)
     pieces = []
