@@ -293,3 +293,64 @@ def test_the_digest_is_order_free_and_ignores_deleted_rows():
     changed = durable.update(durable.digest(rows), b"0|a", b'{"x":1}', b'{"x":2}')
     assert changed == durable.digest([(b"0|a", b'{"x":2}'), rows[1]])
     assert durable.update(changed, b"0|a", b'{"x":2}', None) == durable.digest([rows[1]])
+
+
+# --------------------------------------------------------------------------- hand-over order
+class GatedOutbox:
+    """The agent's outbox as the persister sees it: ``submit`` returns once the batch's
+    gate (an ``asyncio.Event`` in ``taken``, if any) is open, as a producer's ``send_batch``
+    returns once the accumulator takes the batch."""
+
+    async def submit(self, taken: list) -> None:
+        for gate in taken:
+            await gate.wait()
+
+    def deliveries(self) -> list:
+        return []
+
+
+def test_batches_reach_the_persister_in_the_order_they_were_taken():
+    """The agent and the router's hand-off both end batches. With the persister's queue
+    full, the first hands its batch over and waits for room; the second's outputs are
+    submitted just as a round takes a batch and makes room. The first batch must still be
+    queued first: a round applies its batches in queue order, and the other order wrote an
+    older account row over a newer one under a newer id row and an older meta row (the
+    stale row rolling restarts showed), from which a restart loses the deposit. What the
+    changelog ends with, resumed as a restarting worker would, must equal a state that
+    applied every record."""
+    records = [r for batch in _batches() for r in batch] + [encode_record([encode_entry(
+        COLLATERAL, 0, 9, {"movement_id": "M2", "account_id": "A", "amount": "2500.00", "ts": "2026-07-02T00:00:00Z"})])]
+    state = EngineState()
+    snapshots = []
+    for offset, record in enumerate(records):
+        apply_record(state, 0, offset, record)
+        snapshots.append(PartitionBatch(0, 0, changed_rows(0, state), offset, [Event()]))
+
+    async def scenario() -> list[int]:
+        changelog = MemoryChangelog()
+        persister = Persister(MemoryStore({}), changelog, lambda p, epoch: True, Faults(""), Stats(), 1)
+        box = GatedOutbox()
+        await persister.hand_over(box, [], [snapshots[0]])  # the queue is full now
+        first = asyncio.ensure_future(persister.hand_over(box, [], [snapshots[1]]))
+        await asyncio.sleep(0)  # one turn of the loop: it waits for room in the queue
+        gate = asyncio.Event()
+        second = asyncio.ensure_future(persister.hand_over(box, [gate], [snapshots[2]]))
+        await asyncio.sleep(0)  # it waits for its outputs to be submitted (or for its turn)
+        gate.set()  # its outputs submitted, then ...
+        queued = [persister.queue.get_nowait()]  # ... a round takes a batch: room for one
+        queued.append(await persister.queue.get())
+        queued.append(await persister.queue.get())
+        await asyncio.gather(first, second)
+        await persister.round(queued)
+        assert all(event.acked for b in queued for part in b.parts for event in part.events)
+        loaded = read_partition(0, changelog.partition(0))
+        resumed = loaded.state(None)  # a worker restarting here resumes after the meta row's offset
+        for offset in range(loaded.offset + 1, len(records)):
+            apply_record(resumed, 0, offset, records[offset])
+        # the other order: meta at offset 1 over the deposit's id row, and the deposit,
+        # applied again, skipped as a repeat -- $2,500 of equity lost
+        assert comparable_rows(resumed.rows()) == comparable_rows(state.rows())
+        assert loaded.trusted and loaded.offset == len(records) - 1
+        return [b.parts[0].last_offset for b in queued]
+
+    assert asyncio.run(scenario()) == [0, 1, 2]

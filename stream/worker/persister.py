@@ -132,6 +132,7 @@ class Persister:
         self.faults, self.stats = faults, stats
         self.queue: asyncio.Queue[Boundary] = asyncio.Queue(maxsize=queue_max)
         self.lock = asyncio.Lock()
+        self.handing = asyncio.Lock()  # one hand-over at a time (see hand_over)
         self.durable_meta: dict[int, int] = {}  # per partition: the log offset of the last durable meta row
         self.digests: dict[int, int] = {}  # per partition: the digest of its rows as of that meta
         self.tombstones: dict[int, tuple[int, list]] = {}  # per partition: (epoch, keys) deleted, to tombstone
@@ -151,10 +152,18 @@ class Persister:
     async def hand_over(self, outbox, taken: list, parts: list[PartitionBatch]) -> None:
         """Queue a batch: submit its outputs (``taken`` from the agent's outbox) and queue
         it with their deliveries. It counts as handed over from the start, so that a
-        revocation waiting in :meth:`settle` waits for it too."""
+        revocation waiting in :meth:`settle` waits for it too.
+
+        Batches queue in the order they were taken, whichever task hands them over (the
+        agent's and the router's hand-off both end batches): one hand-over at a time, in
+        the order of the (fair) :attr:`handing` lock, taken without yielding after the
+        caller's ``take``. ``asyncio.Queue`` alone does not keep that order: a ``put``
+        arriving while a waiting ``put`` has been woken but has not yet run goes first,
+        and a round would then write an older batch's rows over a newer one's."""
         self.unpersisted += 1
-        await outbox.submit(taken)
-        await self.queue.put(Boundary(outbox.deliveries(), parts))
+        async with self.handing:
+            await outbox.submit(taken)
+            await self.queue.put(Boundary(outbox.deliveries(), parts))
 
     def ack_when_durable(self, p: int, offset: int, event) -> None:
         """Ack the event of a log record applied before: now if its effects are durable,
