@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from stream.core.topics import INPUT_TOPICS
-from stream.kafka.clients import read_topic
+from stream.kafka.clients import changelog_topic, read_topic
 from stream.log.ordered_log import entry_source, record_entries
 
 
@@ -85,7 +85,7 @@ def changelog_history(cluster, partition: int, row_key: str, shown: int = 12) ->
     settings = replace(cluster.settings, topic_prefix="")
 
     async def history() -> list[str]:
-        name = f"{cluster.settings.app_id}-state-changelog"
+        name = changelog_topic(cluster.settings)
         return [f"{key.decode()}@{o} ts {t}: {(value or b'<tombstone>')[:160].decode(errors='replace')}"
                 async for p, o, t, key, value in read_topic(settings, name, idle_timeout_s=1.0)
                 if p == partition and key in wanted]

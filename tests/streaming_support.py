@@ -27,7 +27,7 @@ from stream.core.state import EngineState
 from stream.core.topics import ACCOUNT_TOPICS, CALLS, DEADLETTER, INPUT_TOPICS, LOG, REQUIREMENTS
 from stream.harness.processes import start_worker_process, stop_process
 from stream.harness.scenario import publish_phases, wait_until
-from stream.kafka.clients import ensure_topics, read_topic
+from stream.kafka.clients import changelog_topic, ensure_topics, read_topic
 from stream.log.ordered_log import entry_source, record_entries, record_positions, replay
 from stream.settings import Settings
 from stream.worker import durable
@@ -341,7 +341,7 @@ class Cluster:
         names its log partition's last record (right after a leader moved, the new
         leader's high watermark can lag behind what the old one acknowledged, and a read
         that ends at it misses the last rows)."""
-        name = f"{self.settings.app_id}-state-changelog"
+        name = changelog_topic(self.settings)
         deadline = time.monotonic() + timeout_s
         while True:
             latest: dict[int, dict[str, bytes]] = defaultdict(dict)

@@ -36,7 +36,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from stream.kafka.clients import client_kwargs
+from stream.kafka.clients import changelog_topic, client_kwargs
 from stream.kafka.dist import wait_for_state
 
 from .streaming_support import Cluster, breakdown, check_outcome, fresh_settings, kafka_cluster
@@ -179,7 +179,7 @@ def test_a_changelog_row_no_writer_held_is_rebuilt_from_the_log(broker, tmp_path
             producer = AIOKafkaProducer(**client_kwargs(settings))
             await producer.start()
             try:
-                await producer.send_and_wait(f"{settings.app_id}-state-changelog",
+                await producer.send_and_wait(changelog_topic(settings),
                                              durable.encode(meta, orjson.dumps(forged), None),
                                              key=f"{p}|{key}".encode(), partition=p)
             finally:

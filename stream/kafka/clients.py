@@ -220,11 +220,16 @@ def all_topics(settings: Settings) -> list[str]:
     return [settings.topic(t) for t in (*INPUT_TOPICS, LOG, *OUTPUT_TOPICS)]
 
 
+def changelog_topic(settings: Settings) -> str:
+    """The name faust gives the state table's changelog topic."""
+    return f"{settings.app_id}-state-changelog"
+
+
 def faust_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     """The topics faust would declare for the worker's app, ``name -> (partitions,
     configs)``: the state table's changelog (compacted, co-partitioned with the log) and
     the leader assignor's topic. :func:`ensure_topics` creates them; faust does not."""
-    return {f"{settings.app_id}-state-changelog": (settings.partitions, {"cleanup.policy": "compact"}),
+    return {changelog_topic(settings): (settings.partitions, {"cleanup.policy": "compact"}),
             f"{settings.app_id}-__assignor-__leader": (1, {})}
 
 

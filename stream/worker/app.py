@@ -19,7 +19,7 @@ from typing import Any
 import faust
 
 from stream.core.topics import LOG
-from stream.kafka.clients import ssl_context
+from stream.kafka.clients import changelog_topic, ssl_context
 from stream.settings import Settings
 from stream.kafka import shim
 from stream.worker.agent import LogAgent
@@ -112,6 +112,8 @@ def create_app(settings: Settings, http_socket=None) -> faust.App:
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     stats = Stats()
     agent = LogAgent(app, table, settings, stats)
+    if agent.changelog_name != changelog_topic(settings):  # the topic ensure_topics creates compacted
+        raise RuntimeError(f"faust names the state changelog {agent.changelog_name!r}, not {changelog_topic(settings)!r}")
     persister = agent.persister
     router = Router(app, settings, stats, agent)
     view = WorkerView(app, settings, agent, router)
