@@ -1,10 +1,11 @@
 """Same-run A/B of processor throughput between code versions:
-``python -m bench.ab [--fills N] [--rounds R] LABEL=DIR[:k=v,...] ...``.
+``python -m bench.ab [--broker embedded|kafka] [--fills N] [--rounds R] LABEL=DIR[:k=v,...] ...``.
 
 Each ``DIR`` is a checkout of some commit (``git archive <commit> | tar -x -C DIR``);
 ``k=v`` are settings overrides (e.g. ``http_port=18555`` to run with the HTTP API on). The
 versions run in turn, ``R`` rounds, each round in a fresh process with that checkout first
-on ``PYTHONPATH``: its own embedded broker, one worker, a backlog of ``N`` fills drained
+on ``PYTHONPATH``: its own broker (embedded Tansu, or with ``--broker kafka`` a one-node
+Apache Kafka started for the round), one worker, a backlog of ``N`` fills drained
 (``bench.stack.processor`` of that checkout, the figure ``python -m bench`` calls (c)).
 Alternating the versions spreads the machine's drift over all of them; the median of each
 is printed, with every figure. Throughput differences below the spread of one version's
@@ -25,9 +26,9 @@ import asyncio, sys, tempfile, time
 from pathlib import Path
 from bench.__main__ import start_broker
 from bench import stack
-n = int(sys.argv[1])
-overrides = {k: int(v) if v.isdigit() else v for k, v in (a.split("=", 1) for a in sys.argv[2:])}
-broker, _ = start_broker("embedded")
+n, engine = int(sys.argv[1]), sys.argv[2]
+overrides = {k: int(v) if v.isdigit() else v for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+broker, _ = start_broker(engine)
 try:
     settings = stack.bench_settings(broker.bootstrap, f"ab{int(time.time() * 1000)}", **overrides)
     r = asyncio.run(stack.processor(settings, n, 1000.0, 3, workers=1, log_dir=Path(tempfile.mkdtemp()),
@@ -38,9 +39,9 @@ finally:
 """
 
 
-def one(directory: Path, fills: int, overrides: list[str]) -> int:
+def one(directory: Path, fills: int, overrides: list[str], engine: str = "embedded") -> int:
     env = {**os.environ, "PYTHONPATH": str(directory)}
-    out = subprocess.run([sys.executable, "-c", ONE, str(fills), *overrides], cwd=directory, env=env,
+    out = subprocess.run([sys.executable, "-c", ONE, str(fills), engine, *overrides], cwd=directory, env=env,
                          capture_output=True, text=True, timeout=600)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -50,6 +51,7 @@ def one(directory: Path, fills: int, overrides: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", choices=("embedded", "kafka"), default="embedded")
     parser.add_argument("--fills", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("versions", nargs="+", metavar="LABEL=DIR[:k=v,...]")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, list[int]] = {label: [] for label, _, _ in versions}
     for r in range(args.rounds):
         for label, directory, overrides in versions:
-            figures[label].append(one(directory, args.fills, overrides))
+            figures[label].append(one(directory, args.fills, overrides, args.broker))
             print(f"round {r + 1} {label}: {figures[label][-1]:,} fills/s", flush=True)
     base = statistics.median(figures[versions[0][0]])
     for label, values in figures.items():
