@@ -8,6 +8,7 @@ import asyncio
 from stream.core.topics import INPUT_TOPICS
 from stream.kafka.clients import changelog_topic, read_topic
 from stream.log.ordered_log import entry_source, record_entries
+from stream.worker.persister import row_key as table_key
 
 
 def differing_keys(got: dict, want: dict) -> list:
@@ -81,7 +82,7 @@ def changelog_history(cluster, partition: int, row_key: str, shown: int = 12) ->
     was lost, overtaken or never made."""
     from dataclasses import replace
 
-    wanted = {f"{partition}|{row_key}".encode(), f"{partition}|meta".encode()}
+    wanted = {table_key(partition, row_key), table_key(partition, "meta")}
     settings = replace(cluster.settings, topic_prefix="")
 
     async def history() -> list[str]:

@@ -159,6 +159,7 @@ def test_a_changelog_row_no_writer_held_is_rebuilt_from_the_log(broker, tmp_path
     from aiokafka import AIOKafkaProducer
 
     from stream.worker import durable
+    from stream.worker.persister import row_key
 
     settings = fresh_settings(broker, tmp_path, batch_max=20)
     cluster = Cluster(settings, tmp_path)
@@ -181,7 +182,7 @@ def test_a_changelog_row_no_writer_held_is_rebuilt_from_the_log(broker, tmp_path
             try:
                 await producer.send_and_wait(changelog_topic(settings),
                                              durable.encode(meta, orjson.dumps(forged), None),
-                                             key=f"{p}|{key}".encode(), partition=p)
+                                             key=row_key(p, key), partition=p)
             finally:
                 await producer.stop()
 
