@@ -11,10 +11,13 @@ Maven Central, cached), or on ``KAFKA_BOOTSTRAP_SERVERS`` when that is set:
 * ``processor_eps``: the real worker, fills published to requirements published (a backlog
   drained by one worker process);
 * ``p50_ms``/``p99_ms``: fill-to-requirement latency at a fixed offered 1,000 fills/s,
-  timed at an outside consumer;
+  timed at an outside consumer, once the broker has carried the throughput runs (with the
+  cores each process used and waited for meanwhile, bench/contention.py);
 * ``hop_p50_ms``/``hop_p99_ms``: one broker hop (produce -> fetch, no logic) at the same
-  rate for the same time -- the latency floor of the stack (a fill reaches its
-  requirement through at least two hops);
+  rate for the same time, just before -- the latency floor of the stack (a fill reaches
+  its requirement through at least two hops);
+* ``p99_first_ms``/``hop_p99_first_ms``: the same two on the broker's first minute, before
+  the throughput runs (a JVM broker still compiles then);
 
 and in-process:
 
@@ -51,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from . import stack
+from . import contention, stack
 from .core import Fixture, bench_risk_vector, code_version, machine, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +150,11 @@ def memory(accounts: int) -> dict:
 
 
 # --------------------------------------------------------------------------- broker
-async def broker_figures(bootstrap: str, quick: bool, log_dir: Path) -> dict:
+async def broker_figures(bootstrap: str, quick: bool, log_dir: Path, broker_pid: int | None = None) -> dict:
+    """The broker-side figures. The latency measures come twice: right after the broker
+    started (``hop_first``, ``latency_first``: a JVM broker is still compiling its hot paths
+    then) and, the figures the targets are read from, once the broker has carried the
+    throughput runs (``hop``, ``latency``): a broker in service has been running for days."""
     tag = str(int(time.time()))
     n_pass = 10_000 if quick else 100_000
     n_floor = 2_000 if quick else 20_000
@@ -157,13 +164,14 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path) -> dict:
     settings = stack.bench_settings(bootstrap, tag)
     figures["passthrough"] = await stack.passthrough(settings, n_pass)
     figures["faust_floor"] = await stack.faust_floor(settings, n_floor, log_dir)
-    figures["hop"] = await stack.hop_latency(stack.bench_settings(bootstrap, tag + "h"), 1_000.0, latency_s)
+    if not quick:
+        figures["hop_first"] = await stack.hop_latency(stack.bench_settings(bootstrap, tag + "h0"), 1_000.0, latency_s,
+                                                       broker_pid)
+        first = await stack.processor(stack.bench_settings(bootstrap, tag + "l0"), 0, 1_000.0, latency_s, workers=1,
+                                      log_dir=log_dir, broker_pid=broker_pid)
     # each measurement on fresh topics: the embedded broker slows down as partitions fill
-    latency = await stack.processor(stack.bench_settings(bootstrap, tag + "l1"), 0, 1_000.0, latency_s, workers=1,
-                                    log_dir=log_dir)
     figures["processor"] = await stack.processor(stack.bench_settings(bootstrap, tag + "p1"), n_proc, 1_000.0, latency_s,
                                                  workers=1, log_dir=log_dir, measure_latency=False)
-    figures["processor"]["latency"] = latency["latency"]
     # the same drain with the worker's HTTP API on (docs/operations.md): its cost on the hot path
     from .http import free_port, measure as http_measure
 
@@ -172,12 +180,28 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path) -> dict:
         log_dir=log_dir, measure_latency=False)
     figures["http"] = await http_measure(bootstrap, 1_000 if quick else 5_000, log_dir)
     if not quick:
-        unsaturated = await stack.processor(stack.bench_settings(bootstrap, tag + "l2"), 0, 250.0, latency_s, workers=1,
-                                            log_dir=log_dir)
-        figures["processor"]["latency_unsaturated"] = unsaturated["latency"]
         figures["processor_2_workers"] = await stack.processor(stack.bench_settings(bootstrap, tag + "p2"), n_proc, 1_000.0,
                                                                latency_s, workers=2, log_dir=log_dir, measure_latency=False)
+    figures["hop"] = await stack.hop_latency(stack.bench_settings(bootstrap, tag + "h"), 1_000.0, latency_s, broker_pid)
+    latency = await stack.processor(stack.bench_settings(bootstrap, tag + "l1"), 0, 1_000.0, latency_s, workers=1,
+                                    log_dir=log_dir, broker_pid=broker_pid)
+    figures["processor"]["latency"] = latency["latency"]
+    if not quick:
+        figures["processor"]["latency_first"] = first["latency"]
+        unsaturated = await stack.processor(stack.bench_settings(bootstrap, tag + "l2"), 0, 250.0, latency_s, workers=1,
+                                            log_dir=log_dir, broker_pid=broker_pid)
+        figures["processor"]["latency_unsaturated"] = unsaturated["latency"]
     return figures
+
+
+def broker_pid(broker) -> int | None:
+    """The process id of a broker this run started (its first node's), else None."""
+    if broker is None:
+        return None
+    if hasattr(broker, "node_ids"):
+        return broker.pid(broker.node_ids[0])
+    process = getattr(broker, "process", None)
+    return None if process is None else process.pid
 
 
 def start_broker(engine: str):
@@ -204,7 +228,7 @@ def run(quick: bool, engine: str = "embedded") -> dict:
     result["engine"] = engine
     try:
         bootstrap = base.bootstrap_servers or broker.bootstrap
-        result["stack"] = asyncio.run(broker_figures(bootstrap, quick, log_dir))
+        result["stack"] = asyncio.run(broker_figures(bootstrap, quick, log_dir, broker_pid(broker)))
     finally:
         if broker is not None:
             broker.stop()
@@ -238,6 +262,9 @@ def headline(r: dict) -> dict:
         "processor_share_of_passthrough": round(proc["eps"] / s["passthrough"]["eps"], 3),
         "tick_apply_100k_ms": round(r["fanout"]["tick_apply_ms"], 1),
     }
+    if "latency_first" in proc:
+        out["p99_first_ms"] = round(proc["latency_first"]["p99_ms"], 2)
+        out["hop_p99_first_ms"] = round(s["hop_first"]["p99_ms"], 2)
     if "processor_2_workers" in s:
         out["processor_2_workers_eps"] = round(s["processor_2_workers"]["eps"])
     if "processor_http" in s:
@@ -278,13 +305,20 @@ def markdown(r: dict, command: str) -> str:
                      f"p99 {http['whatif_draining_backlog']['p99_ms']} ms"))
     rows += [
         (f"fill-to-requirement latency at {lat['rate']:,.0f} fills/s offered", f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms",
-         f"{lat['measured']:,} fills, max {lat['max_ms']:.1f} ms"),
+         f"{lat['measured']:,} fills, max {lat['max_ms']:.1f} ms; measured after the throughput runs"),
+        (f"CPU while offering {lat['rate']:,.0f} fills/s (cores used, and waited for on a run queue)",
+         contention.describe(lat.get("cpu")), "per process, over the measured seconds (bench/contention.py)"),
         *([(f"where it goes at {lat['rate']:,.0f} fills/s (p50 / p99, from the records' timestamps)",
             ", ".join(f"{k} {v['p50_ms']:g} / {v['p99_ms']:g} ms" for k, v in lat["stages"].items() if isinstance(v, dict)),
             "router: fill sent -> log record; engine: log record -> requirement; delivery: requirement -> reader")]
           if lat.get("stages") else []),
         (f"one broker hop, no logic, at {s['hop']['rate']:,.0f} messages/s (the stack's latency floor)",
          f"p50 {h['hop_p50_ms']} ms, p99 {h['hop_p99_ms']} ms", f"{s['hop']['messages']:,} messages, max {s['hop']['max_ms']:.1f} ms"),
+        *([(f"the same two on the broker's first minute (after (a) and (b), before the throughput runs)",
+            f"fill-to-requirement p50 {s['processor']['latency_first']['p50_ms']:.1f} ms, "
+            f"p99 {s['processor']['latency_first']['p99_ms']:.1f} ms; hop p99 {s['hop_first']['p99_ms']:.1f} ms",
+            "CPU: " + contention.describe(s["processor"]["latency_first"].get("cpu")))]
+          if "latency_first" in s["processor"] else []),
         *([(f"fill-to-requirement latency at {s['processor']['latency_unsaturated']['rate']:,.0f} fills/s offered",
             f"p50 {s['processor']['latency_unsaturated']['p50_ms']:.1f} ms, p99 {s['processor']['latency_unsaturated']['p99_ms']:.1f} ms",
             "a rate one worker sustains here")] if "latency_unsaturated" in s["processor"] else []),
@@ -353,6 +387,7 @@ SIDE_ROWS = [  # (headline key, what it measures, unit)
     ("processor_share_of_passthrough", "(c) / (a)", ""),
     ("p50_ms", "fill-to-requirement p50 at 1,000 fills/s", "ms"),
     ("p99_ms", "fill-to-requirement p99 at 1,000 fills/s (target <= 20 ms)", "ms"),
+    ("p99_first_ms", "the same, on the broker's first minute", "ms"),
     ("hop_p50_ms", "one bare broker hop p50 at 1,000 messages/s", "ms"),
     ("hop_p99_ms", "one bare broker hop p99 at 1,000 messages/s", "ms"),
 ]

@@ -33,6 +33,7 @@ from stream.harness.processes import start_worker_process, stop_process
 from stream.kafka.clients import ensure_topics
 
 from . import stack
+from .contention import describe
 
 
 def _spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
@@ -69,10 +70,11 @@ async def warmed_worker(bootstrap: str):
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
-async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None) -> dict:
+async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None, broker_pid: int | None = None) -> dict:
     """Offer fills at ``rate``/s for ``seconds`` + 4 s; sample the worker from 2 s in."""
     async with warmed_worker(bootstrap) as (settings, worker, reader, expected):
-        measuring = asyncio.ensure_future(stack._latency(settings, reader, rate, seconds + 4, expected))
+        pids = {"worker": worker.pid, "broker": broker_pid, "load generator": os.getpid()}
+        measuring = asyncio.ensure_future(stack._latency(settings, reader, rate, seconds + 4, expected, pids=pids))
         await asyncio.sleep(2)  # into the steady state of the offered rate
         cpu0, t0 = cpu_seconds(worker.pid), time.monotonic()
         spy = _spy(worker.pid, seconds, out) if out is not None else None
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from stream.settings import Settings
 
-    from .__main__ import start_broker
+    from .__main__ import broker_pid, start_broker
 
     out = args.out if shutil.which("py-spy") else None
     if out is None:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bootstrap = base.bootstrap_servers or broker.bootstrap
             if args.rate:
-                result = asyncio.run(at_rate(bootstrap, args.rate, args.seconds, out))
+                result = asyncio.run(at_rate(bootstrap, args.rate, args.seconds, out, broker_pid(broker)))
             else:
                 rate = asyncio.run(drain(bootstrap, args.fills, args.seconds, out))
         finally:
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['worker_cpu_share']:.0%} of a core")
         print("stages (p50 / p99 ms): " + ", ".join(f"{k} {v['p50_ms']} / {v['p99_ms']}" for k, v in st.items()
                                                     if isinstance(v, dict)))
+        print("CPU over the measured seconds: " + describe(result["cpu"]))
     else:
         print(f"{name}: one worker drained {args.fills:,} fills at {rate:,.0f} fills/s")
     if out is not None and out.exists():

@@ -35,6 +35,8 @@ from stream.harness.processes import start_worker_process, stop_process
 from stream.kafka.clients import client_kwargs, ensure_topics, key_for
 from stream.settings import Settings
 
+from .contention import Contention
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "stream" / "examples"
 FILL_DAY = "2026-04-03T12:00:00Z"
 ACCOUNTS = 1_000
@@ -118,11 +120,12 @@ async def passthrough(settings: Settings, n: int) -> dict:
 
 
 # --------------------------------------------------------------------------- (e) one hop
-async def hop_latency(settings: Settings, rate: float, seconds: float) -> dict:
+async def hop_latency(settings: Settings, rate: float, seconds: float, broker_pid: int | None = None) -> dict:
     """Publish ``rate`` fills a second for ``seconds`` (each on its own schedule, 0 ms
     linger, as in :func:`_latency`, after the same unmeasured warm-up) to a fresh topic and
     time each until a consumer (fetch wait as the processor's) receives it: one hop of this
-    broker, no logic."""
+    broker, no logic. With the CPU use of the broker and this process over the measured
+    seconds."""
     topic = settings.topic("bench.hop")
     await create_topics(settings, [topic])
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
@@ -149,19 +152,25 @@ async def hop_latency(settings: Settings, rate: float, seconds: float) -> dict:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         receiving = asyncio.create_task(receive())
+        window = Contention({"broker": broker_pid, "load generator": os.getpid()})
+        warm = len(items) - len(measured)
         t0 = time.monotonic()
         for i, item in enumerate(items):
+            if i == warm:
+                window.start()
             delay = t0 + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             sent[item["trade_id"]] = time.time()
             await producer.send(topic, orjson.dumps(item), key=item["trade_id"].encode())
+        contention = window.stop()
         await asyncio.wait_for(receiving, 120)
     finally:
         await producer.stop()
         await consumer.stop()
     lat = sorted((arrived[i] - sent[i]) * 1000 for i in measured)
-    return {"rate": rate, "messages": len(lat), "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1]}
+    return {"rate": rate, "messages": len(lat), "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1],
+            "cpu": contention}
 
 
 # --------------------------------------------------------------------------- (b) faust floor
@@ -279,13 +288,18 @@ async def _setup_processor(settings: Settings) -> None:
 
 
 async def processor(settings: Settings, n: int, rate: float, latency_s: float, workers: int, log_dir: Path,
-                    measure_latency: bool = True, extra_latency_rate: float | None = None) -> dict:
+                    measure_latency: bool = True, extra_latency_rate: float | None = None,
+                    broker_pid: int | None = None) -> dict:
     """Start ``workers`` worker processes; warm up; measure latency at ``rate`` fills/s for
-    ``latency_s`` seconds (if asked); then throughput on a backlog of ``n`` fills (if
-    ``n``). Give each measurement fresh topics (its own settings): the embedded broker's
-    fetches slow down with the number of record batches a partition holds."""
+    ``latency_s`` seconds (if asked), with the CPU use of the workers, the broker (its
+    ``broker_pid``, when this machine runs it) and this process over that window; then
+    throughput on a backlog of ``n`` fills (if ``n``). Give each measurement fresh topics
+    (its own settings): the embedded broker's fetches slow down with the number of record
+    batches a partition holds."""
     await ensure_topics(settings)
     procs = [start_worker_process(settings, log_dir / f"worker-{settings.app_id}-{i}.log") for i in range(workers)]
+    pids = {("worker" if workers == 1 else f"worker {i + 1}"): proc.pid for i, proc in enumerate(procs)}
+    pids.update({"broker": broker_pid, "load generator": os.getpid()})
     reader = RequirementReader(settings).start()
     result: dict = {"workers": workers}
     try:
@@ -296,9 +310,10 @@ async def processor(settings: Settings, n: int, rate: float, latency_s: float, w
         await produce_all(settings, settings.topic(FILLS), _fill_records(warm))
         await reader.wait_for(expected.requirements(warm), 180)
         if extra_latency_rate:  # a rate the worker sustains: the pipeline's own latency
-            result["latency_unsaturated"] = await _latency(settings, reader, extra_latency_rate, latency_s, expected, "U")
+            result["latency_unsaturated"] = await _latency(settings, reader, extra_latency_rate, latency_s, expected, "U",
+                                                           pids=pids)
         if measure_latency:
-            result["latency"] = await _latency(settings, reader, rate, latency_s, expected)
+            result["latency"] = await _latency(settings, reader, rate, latency_s, expected, pids=pids)
         if not n:
             return result
         backlog = fills(n, "T", seed=3)
@@ -319,12 +334,14 @@ async def processor(settings: Settings, n: int, rate: float, latency_s: float, w
 
 
 async def _latency(settings: Settings, reader: RequirementReader, rate: float, seconds: float, expected: Expected,
-                   tag: str = "L", warm_s: float = LATENCY_WARM_S) -> dict:
+                   tag: str = "L", warm_s: float = LATENCY_WARM_S, pids: dict[str, int | None] | None = None) -> dict:
     """Publish fills at ``rate`` per second (each sent on its own schedule, no batching
     beyond the producer's 0 ms linger) and time each until its requirement arrives. The
     first ``warm_s`` seconds of the schedule are not measured: the latency of a worker and
     a broker that have just gone from idle to the offered rate (JIT, caches, first-touch
-    allocations) is a transient, not the steady state the target is about."""
+    allocations) is a transient, not the steady state the target is about. Over the
+    measured seconds, the CPU use and run-queue wait of the processes in ``pids``
+    (:mod:`bench.contention`)."""
     warm = fills(int(rate * warm_s), tag + "w", seed=6)
     items = fills(int(rate * seconds), tag, seed=4)
     expected.requirements(warm)
@@ -333,9 +350,12 @@ async def _latency(settings: Settings, reader: RequirementReader, rate: float, s
     await producer.start()
     await producer.partitions_for(settings.topic(FILLS))  # its metadata fetched before the clock starts
     sent: dict[str, float] = {}
+    window = Contention(pids or {})
     try:
         t0 = time.monotonic()
         for i, item in enumerate(warm + items):
+            if i == len(warm):
+                window.start()
             due = t0 + i / rate
             delay = due - time.monotonic()
             if delay > 0:
@@ -344,13 +364,14 @@ async def _latency(settings: Settings, reader: RequirementReader, rate: float, s
             await producer.send(settings.topic(FILLS), orjson.dumps(item), key=key_for(FILLS, item))
         await producer.flush()
         offered_s = time.monotonic() - t0
+        contention = window.stop()
     finally:
         await producer.stop()
     await reader.wait_for(want, 120)
     lat = sorted((reader.arrived[i] - sent[i]) * 1000 for i in want)
     return {"rate": rate, "offered_rate": (len(warm) + len(items)) / offered_s, "fills": len(items),
             "warm_s": warm_s, "measured": len(lat), "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
-            "max_ms": lat[-1], "stages": await stages(settings, reader, sent, want)}
+            "max_ms": lat[-1], "stages": await stages(settings, reader, sent, want), "cpu": contention}
 
 
 async def stages(settings: Settings, reader: RequirementReader, sent: dict[str, float], want: set[str]) -> dict:
