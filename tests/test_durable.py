@@ -80,8 +80,8 @@ class MemoryChangelog:
         self.rows: dict[bytes, bytes] = {}
         self.budget = budget
 
-    async def send(self, p: int, rows: list) -> list:
-        for key, value in rows:
+    async def send(self, rows_by_partition: dict[int, list]) -> list:
+        for key, value in [row for rows in rows_by_partition.values() for row in rows]:
             if self.budget is not None:
                 if self.budget == 0:
                     raise Died

@@ -100,8 +100,8 @@ class RowStore(Protocol):
 class Changelog(Protocol):
     """A table's changelog topic."""
 
-    async def send(self, p: int, rows: list[tuple[bytes, bytes | None]]) -> list:
-        """Send rows (None: a tombstone) to partition ``p``; return their delivery futures."""
+    async def send(self, rows: dict[int, list[tuple[bytes, bytes | None]]]) -> list:
+        """Send rows (None: a tombstone), per partition, in one go; return their delivery futures."""
         ...
 
 
@@ -211,14 +211,14 @@ class Persister:
                 staged[p], digests[p] = durable.stage_with_digest(rows[(p, epoch)].items(), self.store.get,
                                                                   last[(p, epoch)][0], self.durable_meta.get(p, -1),
                                                                   self.digests.get(p, 0))
+            outgoing = {p: self.tombstones_due(p, epoch, rows[(p, epoch)]) + staged[p] for p, epoch in live}  # 3
             futures = []
-            for p, epoch in live:  # 3
-                half = len(staged[p]) // 2
-                futures += await self.changelog.send(p, self.tombstones_due(p, epoch, rows[(p, epoch)]) + staged[p][:half])
-                if half and self.faults.active("mid_rows"):  # testing: half the rows durable
-                    await confirm(futures, "state rows")
-                    self.faults.here("mid_rows", self.persisted)
-                futures += await self.changelog.send(p, staged[p][half:])
+            if self.faults.active("mid_rows") and any(len(r) > 1 for r in outgoing.values()):  # testing: half durable
+                futures += await self.changelog.send({p: r[: len(r) // 2] for p, r in outgoing.items()})
+                await confirm(futures, "state rows")
+                self.faults.here("mid_rows", self.persisted)
+                outgoing = {p: r[len(r) // 2:] for p, r in outgoing.items()}
+            futures += await self.changelog.send(outgoing)  # every partition's rows in one request
             await confirm(futures, "state rows")
             for p, epoch in live:
                 self.forget_tombstoned(p)
@@ -227,10 +227,7 @@ class Persister:
             metas = {p: [(row_key(p, "meta"), orjson.dumps({"log_offset": last[(p, epoch)][0],
                                                              "digest": durable.format_digest(digests[p])}))]
                      for p, epoch in live}
-            futures = []
-            for p in metas:  # 4
-                futures += await self.changelog.send(p, metas[p])
-            await confirm(futures, "meta rows")
+            await confirm(await self.changelog.send(metas), "meta rows")  # 4
             for p, epoch in live:  # 5
                 self.store.put(p, metas[p])
                 self.durable_meta[p] = last[(p, epoch)][0]

@@ -192,6 +192,7 @@ class Router:
     async def step(self, consumer: AIOKafkaConsumer) -> float:
         """Forward what every task may forward now; return how long the next fetch may wait."""
         wait_s = 1.0
+        positions: dict[TopicPartition, int] = {}  # fetch positions move only in getmany: read once a step
         async with self.lock:
             if self.dirty:
                 return 0.0
@@ -199,7 +200,10 @@ class Router:
                 for _ in range(2):  # once more after asking the end offsets it needs
                     for tp, buf in task.buffers.items():
                         if not buf:  # the fetch position skips what the task never sees (control records)
-                            task.fetched[tp] = max(task.fetched.get(tp, 0), await consumer.position(tp))
+                            position = positions.get(tp)
+                            if position is None:
+                                position = positions[tp] = await consumer.position(tp)
+                            task.fetched[tp] = max(task.fetched.get(tp, 0), position)
                     released, ask, idle = release(task, self.ends, self.settings.max_idle_ms / 1000.0,
                                                   time.monotonic(), self.logical)
                     if released:

@@ -46,8 +46,10 @@ class OutboxChangelog:
     def __init__(self, outbox: Outbox, topic: str):
         self.outbox, self.topic = outbox, topic
 
-    async def send(self, p: int, rows: list[tuple[bytes, bytes | None]]) -> list:
-        for key, value in rows:
-            self.outbox.add(self.topic, key, value, p)
+    async def send(self, rows: dict[int, list[tuple[bytes, bytes | None]]]) -> list:
+        """Every partition's rows in one submission: the producer sends them in one request."""
+        for p, partition_rows in rows.items():
+            for key, value in partition_rows:
+                self.outbox.add(self.topic, key, value, p)
         await self.outbox.flush()
         return self.outbox.deliveries()
