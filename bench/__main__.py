@@ -161,35 +161,55 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path, broker_pid:
     n_proc = 6_000 if quick else 100_000
     latency_s = 3 if quick else 10
     figures: dict = {}
-    settings = stack.bench_settings(bootstrap, tag)
-    figures["passthrough"] = await stack.passthrough(settings, n_pass)
-    figures["faust_floor"] = await stack.faust_floor(settings, n_floor, log_dir)
+
+    async def measured(settings, run):
+        """``run``'s result, the measurement's topics deleted afterwards (stack.drop_topics)."""
+        try:
+            return await run
+        finally:
+            try:
+                await stack.drop_topics(settings)
+            except Exception as exc:  # a broker that refuses deletions: the run goes on, said once here
+                print(f"python -m bench: topics of {settings.topic_prefix!r} kept: {exc}", file=sys.stderr)
+
+    def fresh(suffix: str, **overrides):
+        return stack.bench_settings(bootstrap, tag + suffix, **overrides)
+
+    settings = fresh("")
+    figures["passthrough"] = await measured(settings, stack.passthrough(settings, n_pass))
+    figures["faust_floor"] = await measured(settings, stack.faust_floor(settings, n_floor, log_dir))
     if not quick:
-        figures["hop_first"] = await stack.hop_latency(stack.bench_settings(bootstrap, tag + "h0"), 1_000.0, latency_s,
-                                                       broker_pid)
-        first = await stack.processor(stack.bench_settings(bootstrap, tag + "l0"), 0, 1_000.0, latency_s, workers=1,
-                                      log_dir=log_dir, broker_pid=broker_pid)
+        hop = fresh("h0")
+        figures["hop_first"] = await measured(hop, stack.hop_latency(hop, 1_000.0, latency_s, broker_pid))
+        lat = fresh("l0")
+        first = await measured(lat, stack.processor(lat, 0, 1_000.0, latency_s, workers=1, log_dir=log_dir,
+                                                    broker_pid=broker_pid))
     # each measurement on fresh topics: the embedded broker slows down as partitions fill
-    figures["processor"] = await stack.processor(stack.bench_settings(bootstrap, tag + "p1"), n_proc, 1_000.0, latency_s,
-                                                 workers=1, log_dir=log_dir, measure_latency=False)
+    drain = fresh("p1")
+    figures["processor"] = await measured(drain, stack.processor(drain, n_proc, 1_000.0, latency_s, workers=1,
+                                                                 log_dir=log_dir, measure_latency=False))
     # the same drain with the worker's HTTP API on (docs/operations.md): its cost on the hot path
     from .http import free_port, measure as http_measure
 
-    figures["processor_http"] = await stack.processor(
-        stack.bench_settings(bootstrap, tag + "p1h", http_port=free_port()), n_proc, 1_000.0, latency_s, workers=1,
-        log_dir=log_dir, measure_latency=False)
+    drain = fresh("p1h", http_port=free_port())
+    figures["processor_http"] = await measured(drain, stack.processor(drain, n_proc, 1_000.0, latency_s, workers=1,
+                                                                      log_dir=log_dir, measure_latency=False))
     figures["http"] = await http_measure(bootstrap, 1_000 if quick else 5_000, log_dir)
     if not quick:
-        figures["processor_2_workers"] = await stack.processor(stack.bench_settings(bootstrap, tag + "p2"), n_proc, 1_000.0,
-                                                               latency_s, workers=2, log_dir=log_dir, measure_latency=False)
-    figures["hop"] = await stack.hop_latency(stack.bench_settings(bootstrap, tag + "h"), 1_000.0, latency_s, broker_pid)
-    latency = await stack.processor(stack.bench_settings(bootstrap, tag + "l1"), 0, 1_000.0, latency_s, workers=1,
-                                    log_dir=log_dir, broker_pid=broker_pid)
+        drain = fresh("p2")
+        figures["processor_2_workers"] = await measured(drain, stack.processor(drain, n_proc, 1_000.0, latency_s, workers=2,
+                                                                               log_dir=log_dir, measure_latency=False))
+    hop = fresh("h")
+    figures["hop"] = await measured(hop, stack.hop_latency(hop, 1_000.0, latency_s, broker_pid))
+    lat = fresh("l1")
+    latency = await measured(lat, stack.processor(lat, 0, 1_000.0, latency_s, workers=1, log_dir=log_dir,
+                                                  broker_pid=broker_pid))
     figures["processor"]["latency"] = latency["latency"]
     if not quick:
         figures["processor"]["latency_first"] = first["latency"]
-        unsaturated = await stack.processor(stack.bench_settings(bootstrap, tag + "l2"), 0, 250.0, latency_s, workers=1,
-                                            log_dir=log_dir, broker_pid=broker_pid)
+        lat = fresh("l2")
+        unsaturated = await measured(lat, stack.processor(lat, 0, 250.0, latency_s, workers=1, log_dir=log_dir,
+                                                          broker_pid=broker_pid))
         figures["processor"]["latency_unsaturated"] = unsaturated["latency"]
     return figures
 
