@@ -73,3 +73,16 @@ def test_kafka_engine_a_port_in_use_is_one_line_and_status_1():
     lines = err.strip().splitlines()
     assert proc.returncode == 1 and out == "", err
     assert len(lines) == 1 and lines[0].startswith(f"kpimargin broker: port {port} on 127.0.0.1 is already in use")
+
+
+def test_an_embedded_broker_that_exits_while_starting_is_reported_at_once_with_its_status(monkeypatch):
+    """EmbeddedBroker (the demo's, the tests' and the benchmark's broker) says the broker
+    exited and with which status, instead of waiting out the port's 20 s and saying nobody
+    answered. The stand-in exits with status 3 the way Tansu exits on a bad environment."""
+    from stream.kafka import tansu
+
+    monkeypatch.setattr(tansu, "broker_command", lambda port: [sys.executable, "-c", "import sys; sys.exit(3)"])
+    broker = tansu.EmbeddedBroker()
+    with pytest.raises(tansu.EmbeddedBrokerError, match=r"exited while starting \(status 3\)"):
+        broker.start()
+    assert broker.process is None

@@ -56,6 +56,10 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 20.0, g
             time.sleep(0.05)
 
 
+class EmbeddedBrokerError(RuntimeError):
+    """The embedded broker exited while starting."""
+
+
 class EmbeddedBroker:
     """Start Tansu on a port (a free one by default); ``stop()`` ends it."""
 
@@ -71,12 +75,16 @@ class EmbeddedBroker:
     def start(self) -> "EmbeddedBroker":
         out = subprocess.DEVNULL if self.quiet else None
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self.process = subprocess.Popen(broker_command(self.port), stdout=out, stderr=out, env=env)
+        process = self.process = subprocess.Popen(broker_command(self.port), stdout=out, stderr=out, env=env)
         try:
-            wait_for_port(self.port)
+            answered = wait_for_port(self.port, give_up=lambda: process.poll() is not None)
         except TimeoutError:
             self.stop()
             raise
+        if not answered:  # it exited: say so now, not after the port's timeout
+            self.process = None
+            raise EmbeddedBrokerError(f"the embedded broker (Tansu) exited while starting (status {process.returncode}); "
+                                      "`kpimargin broker` runs it in the foreground and shows why")
         return self
 
     def stop(self) -> None:
