@@ -167,10 +167,7 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path, broker_pid:
         try:
             return await run
         finally:
-            try:
-                await stack.drop_topics(settings)
-            except Exception as exc:  # a broker that refuses deletions: the run goes on, said once here
-                print(f"python -m bench: topics of {settings.topic_prefix!r} kept: {exc}", file=sys.stderr)
+            await stack.drop_topics(settings)
 
     def fresh(suffix: str, **overrides):
         return stack.bench_settings(bootstrap, tag + suffix, **overrides)

@@ -33,18 +33,12 @@ from stream.harness.processes import start_worker_process, stop_process
 from stream.kafka.clients import ensure_topics
 
 from . import stack
-from .contention import describe
+from .contention import Contention, describe
 
 
 def _spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
     return subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "-f", "raw",
                              "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.asynccontextmanager
@@ -76,10 +70,10 @@ async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None,
         pids = {"worker": worker.pid, "broker": broker_pid, "load generator": os.getpid()}
         measuring = asyncio.ensure_future(stack._latency(settings, reader, rate, seconds + 4, expected, pids=pids))
         await asyncio.sleep(2)  # into the steady state of the offered rate
-        cpu0, t0 = cpu_seconds(worker.pid), time.monotonic()
+        sampled = Contention({"worker": worker.pid}).start()
         spy = _spy(worker.pid, seconds, out) if out is not None else None
         await asyncio.sleep(seconds)
-        cpu = (cpu_seconds(worker.pid) - cpu0) / (time.monotonic() - t0)
+        cpu = sampled.stop()["worker"]["cpu_cores"]
         result = await measuring
         if spy is not None:
             spy.wait(timeout=seconds + 30)
