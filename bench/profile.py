@@ -80,18 +80,25 @@ async def at_rate(bootstrap: str, rate: float, seconds: float, out: Path | None,
         return {**result, "worker_cpu_share": cpu}
 
 
-async def drain(bootstrap: str, n: int, seconds: float, out: Path | None) -> float:
+async def drain(bootstrap: str, n: int, seconds: float, out: Path | None, broker_pid: int | None = None
+                ) -> tuple[float, dict]:
+    """Publish ``n`` fills, time until every requirement arrived (as ``python -m bench``'s
+    throughput does), sample the worker once they are published; ``(fills/s, CPU use of
+    the worker, the broker and this process over the whole drain)``."""
     async with warmed_worker(bootstrap) as (settings, worker, reader, expected):
         backlog = stack.fills(n, "T", seed=3)
         want = expected.requirements(backlog)
+        records = stack._fill_records(backlog)
+        used = Contention({"worker": worker.pid, "broker": broker_pid, "load generator": os.getpid()}).start()
         t0 = time.time()
-        await stack.produce_all(settings, settings.topic(FILLS), stack._fill_records(backlog))
+        await stack.produce_all(settings, settings.topic(FILLS), records)
         spy = _spy(worker.pid, seconds, out) if out is not None else None
         await reader.wait_for(want, 600)
+        cpu = used.stop()
         rate = n / (max(reader.arrived[i] for i in want) - t0)
         if spy is not None:
             spy.wait(timeout=seconds + 30)
-        return rate
+        return rate, cpu
 
 
 def shares(raw: Path, top: int) -> str:
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rate:
                 result = asyncio.run(at_rate(bootstrap, args.rate, args.seconds, out, broker_pid(broker)))
             else:
-                rate = asyncio.run(drain(bootstrap, args.fills, args.seconds, out))
+                rate, cpu = asyncio.run(drain(bootstrap, args.fills, args.seconds, out, broker_pid(broker)))
         finally:
             if broker is not None:
                 broker.stop()
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print("CPU over the measured seconds: " + describe(result["cpu"]))
     else:
         print(f"{name}: one worker drained {args.fills:,} fills at {rate:,.0f} fills/s")
+        print("CPU over the drain: " + describe(cpu))
     if out is not None and out.exists():
         print(shares(out, args.top))
     return 0

@@ -102,6 +102,10 @@ class Settings:
         "KPIMARGIN_READY_LAG", 1000,
         "/readyz answers 200 only while every owned log partition and input partition is within this many records of its end.",
     )
+    gc_young_objects: int = setting(
+        "KPIMARGIN_GC_YOUNG_OBJECTS", 50_000,
+        "Net allocations between collections of Python's youngest garbage-collector generation in the worker (CPython's default: 700); at start the worker also freezes what it has loaded (gc.freeze) out of every collection. A batch's messages, records and outputs live for thousands of allocations: at 700 they reach the oldest generation and make Python scan the whole heap every few tenths of a second of a drain, 18 % of the worker's CPU (bench/RESULTS.md). 0: CPython's thresholds, nothing frozen.",
+    )
     log_format: str = setting("KPIMARGIN_LOG_FORMAT", "text", "Worker log lines: text, or json (one JSON object per line).")
     security_protocol: str = setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
     sasl_mechanism: str = setting("KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL protocol).")
@@ -131,6 +135,8 @@ class Settings:
     def validate(self) -> None:
         if self.partitions < 1:
             raise ValueError("KPIMARGIN_PARTITIONS must be at least 1")
+        if self.gc_young_objects < 0:
+            raise ValueError("KPIMARGIN_GC_YOUNG_OBJECTS must be 0 (CPython's thresholds) or more")
         for name in ("batch_max", "router_batch_max", "persist_queue_max", "max_message_bytes", "stream_buffer_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_env(name)} must be at least 1")

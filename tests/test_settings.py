@@ -43,6 +43,7 @@ def test_defaults_and_environment():
     ({"KPIMARGIN_BATCH_MAX": "0"}, "KPIMARGIN_BATCH_MAX"),
     ({"KPIMARGIN_MAX_MESSAGE_BYTES": "400000"}, "KPIMARGIN_LOG_RECORD_MAX_BYTES"),
     ({"KPIMARGIN_STALL_TIMEOUT_S": "0"}, "KPIMARGIN_STALL_TIMEOUT_S"),
+    ({"KPIMARGIN_GC_YOUNG_OBJECTS": "-1"}, "KPIMARGIN_GC_YOUNG_OBJECTS"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ValueError, match=message):

@@ -24,7 +24,7 @@ from stream.settings import Settings
 from stream.kafka import shim
 from stream.worker.agent import LogAgent
 from stream.worker.http import WorkerView, serve
-from stream.worker.lifecycle import guarded
+from stream.worker.lifecycle import guarded, tune_gc
 from stream.worker.logs import logging_config
 from stream.worker.recovery import watch_recovery
 from stream.worker.router import Router
@@ -206,6 +206,7 @@ def run_worker(settings: Settings, http_socket=None) -> None:
     from faust.worker import Worker
 
     app = create_app(settings, http_socket)
+    tune_gc(settings.gc_young_objects)
 
     @app.task
     async def install_signals() -> None:
