@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import orjson
@@ -69,6 +70,7 @@ def record_positions(raw: bytes | None) -> dict[tuple[str, int], int] | None:
         return None
 
 
+@lru_cache(maxsize=16_384)  # murmur2 in Python costs ~1 µs a fill; active accounts repeat
 def log_partition(account_id: str, partitions: int) -> int:
     """The log partition of an account: the partition Kafka's default partitioner gives its
     ``account_id`` key (:mod:`stream.log.partitioner`), so that input partition ``p`` of the
