@@ -127,7 +127,9 @@ class Book:
         return self.risk[:, 0]
 
     def _grow(self) -> None:
-        capacity = max(16, 2 * self.q.size)
+        # 1.5 times (Java's ArrayList): on average a fifth of the columns unused, against
+        # two fifths when doubling; the copies stay amortised O(1) per row.
+        capacity = max(16, self.q.size + self.q.size // 2)
         for name in ("account_idx", "q", "a", "risk"):
             old = getattr(self, name)
             new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)

@@ -103,7 +103,7 @@ class ContractState:
         }
 
 
-@dataclass
+@dataclass(slots=True)  # 10,000s of accounts: no per-instance __dict__
 class Account:
     account_id: str
     index: int
