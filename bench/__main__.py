@@ -186,7 +186,9 @@ async def broker_figures(bootstrap: str, quick: bool, log_dir: Path, broker_pid:
     figures["processor"] = await measured(drain, stack.processor(drain, n_proc, 1_000.0, latency_s, workers=1,
                                                                  log_dir=log_dir, measure_latency=False))
     # the same drain with the worker's HTTP API on (docs/operations.md): its cost on the hot path
-    from .http import free_port, measure as http_measure
+    from stream.kafka.ports import free_port
+
+    from .http import measure as http_measure
 
     drain = fresh("p1h", http_port=free_port())
     figures["processor_http"] = await measured(drain, stack.processor(drain, n_proc, 1_000.0, latency_s, workers=1,

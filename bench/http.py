@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from stream.core.topics import COLLATERAL, FILLS, LISTINGS, TICKS
 from stream.harness.processes import start_worker_process, stop_process
 from stream.harness.scenario import publish_phases
 from stream.kafka.clients import ensure_topics
+from stream.kafka.ports import free_port
 
 from . import stack
 
@@ -48,12 +48,6 @@ def _contracts() -> list[dict]:
         listing["contract_id"] = f"{listing['contract_id']}-V{i}"
         out.append(listing)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from stream.kafka.tansu import free_port
+from stream.kafka.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,3 +86,20 @@ def test_an_embedded_broker_that_exits_while_starting_is_reported_at_once_with_i
     with pytest.raises(tansu.EmbeddedBrokerError, match=r"exited while starting \(status 3\)"):
         broker.start()
     assert broker.process is None
+
+
+def test_an_embedded_broker_on_a_port_in_use_says_so_instead_of_taking_the_listener_for_a_broker():
+    """Whatever listens on the port would have answered wait_for_port, and the caller would
+    have talked Kafka to it."""
+    import socket
+
+    from stream.kafka import tansu
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        broker = tansu.EmbeddedBroker(port=port)
+        with pytest.raises(tansu.EmbeddedBrokerError, match=f"port {port} on 127.0.0.1 is already in use"):
+            broker.start()
+        assert broker.process is None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.kafka.tansu import free_port
+from stream.kafka.ports import free_port
 
 BROKER_COMMANDS = [
     ["consume", "margin.requirements"],

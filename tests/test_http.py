@@ -34,6 +34,7 @@ from stream.core.errors import Rejected
 from stream.core.messages import Cause, parse
 from stream.core.state import EngineState
 from stream.core.topics import CALLS, COLLATERAL, DEADLETTER, FILLS, FLASH, LISTINGS, REQUIREMENTS, TICKS
+from stream.kafka.ports import free_port
 from stream.log.ordered_log import log_partition
 
 from .conftest import TSLA, load_example
@@ -135,12 +136,6 @@ def metrics(base: str) -> dict[tuple[str, tuple], float]:
         pairs = tuple(sorted(tuple(kv.split("=", 1)) for kv in labels.rstrip("}").split(",") if kv))
         out[(name, tuple((k, v.strip('"')) for k, v in pairs))] = float(value)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def watch_until(base: str, done, timeout_s: float, what: str) -> list[tuple[int, int, str]]:

@@ -93,7 +93,8 @@ def _run_embedded_broker(port: int) -> int:
     import subprocess
     import threading
 
-    from stream.kafka.tansu import broker_command, port_in_use, wait_for_port
+    from stream.kafka.ports import port_in_use, wait_for_port
+    from stream.kafka.tansu import broker_command
 
     host = "127.0.0.1"
     if not 1 <= port <= 65535:
@@ -179,7 +180,7 @@ def _run_kafka_broker(args: argparse.Namespace) -> int:
         print(f"kpimargin broker: {reason}", file=sys.stderr)
         return 2
     if args.port is not None:
-        from stream.kafka.tansu import port_in_use
+        from stream.kafka.ports import port_in_use
 
         taken = [p for p in range(port, port + 2 * nodes) if port_in_use(p)]
         if taken:

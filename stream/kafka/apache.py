@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from stream.kafka import certs, dist as kafka_dist
+from stream.kafka.ports import accepts, free_ports, port_in_use
 
 KAFKA_VERSION = "4.4.0"
 # The SLF4J binding Kafka's jars do not bring, per major version (Kafka 4.x: log4j2 behind
@@ -351,11 +352,11 @@ class KafkaCluster:
             return
         count = (3 if self.tls else 2) * self.nodes
         if self._port is None:
-            ports = kafka_dist.free_ports(count)
+            ports = free_ports(count)
         else:
             ports = list(range(self._port, self._port + count))
             for i, port in enumerate(ports):
-                if kafka_dist.port_in_use(port):
+                if port_in_use(port):
                     role = ("client", "controller", "plaintext")[i // self.nodes]
                     raise KafkaBrokerError(f"port {port} on 127.0.0.1 (the {role} port of node "
                                            f"{i % self.nodes + 1}) is already in use: pick another port")
@@ -451,7 +452,7 @@ class KafkaCluster:
                                            f"{self.log_tail(node_id)}")
             node_id = pending[0]
             port = self._client_ports[node_id - 1]
-            if kafka_dist.accepts(port):
+            if accepts(port):
                 try:
                     answer = kafka_dist.run_sync(kafka_dist.metadata(f"127.0.0.1:{port}", **self.client_kwargs))
                     brokers = {b.nodeId for b in answer.brokers()}

@@ -7,9 +7,9 @@ production (use real Kafka: see docker-compose.yml).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
+
+from stream.kafka.ports import free_port, port_in_use, wait_for_port
 
 
 def broker_binary() -> str:
@@ -23,41 +23,8 @@ def broker_command(port: int, host: str = "127.0.0.1") -> list[str]:
     return [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Something already listens on (or holds) ``host:port``."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 20.0, give_up=None) -> bool:
-    """Wait until something answers on ``host:port``: True; False as soon as ``give_up()``
-    is true (e.g. the broker process exited); TimeoutError after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if give_up is not None and give_up():
-            return False
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no broker answered on {host}:{port} within {timeout_s:.0f} s") from None
-            time.sleep(0.05)
-
-
 class EmbeddedBrokerError(RuntimeError):
-    """The embedded broker exited while starting."""
+    """The embedded broker could not start: its port is taken, or it exited while starting."""
 
 
 class EmbeddedBroker:
@@ -73,6 +40,8 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "EmbeddedBroker":
+        if port_in_use(self.port):  # else whatever listens there would pass for the broker
+            raise EmbeddedBrokerError(f"port {self.port} on 127.0.0.1 is already in use: the embedded broker needs a free one")
         out = subprocess.DEVNULL if self.quiet else None
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         process = self.process = subprocess.Popen(broker_command(self.port), stdout=out, stderr=out, env=env)
