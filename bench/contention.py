@@ -8,11 +8,14 @@ queue (runnable, not running). :class:`Contention` reads them for named processe
 after a window and reports, per process, the cores it used (``cpu_cores``: CPU seconds per
 second of the window) and how long its threads waited for one (``wait_cores``: run-queue
 seconds per second, summed over threads), and for the machine the busy share of all cores
-(``/proc/stat``).
+(``/proc/stat``). It also counts the collections of the measuring process's own garbage
+collector in the window (``this_process_gc``): the load generator and the requirement
+reader run there, so a pause of theirs would pass for the processor's latency.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -59,7 +62,17 @@ class Contention:
         self.before: dict[str, tuple[float, float] | None] = {}
         self.machine0: tuple[int, int] | None = None
 
+    def _collected(self, phase: str, info: dict) -> None:
+        """gc callback: this process's collections during the window, with their pauses."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append(time.perf_counter() - self._gc_started)
+
     def start(self) -> "Contention":
+        self.gc_pauses: list[float] = []
+        self._gc_started = 0.0
+        gc.callbacks.append(self._collected)
         self.t0 = time.monotonic()
         self.before = {name: schedstat_seconds(pid, self.proc) for name, pid in self.pids.items()}
         self.machine0 = busy_jiffies(self.proc)
@@ -69,7 +82,11 @@ class Contention:
         """Per process ``{"cpu_cores", "wait_cores"}`` over the window, and ``machine``:
         ``{"busy_share", "cores"}`` (each None where the system does not tell)."""
         elapsed = time.monotonic() - self.t0
-        out: dict = {"seconds": round(elapsed, 2)}
+        if self._collected in gc.callbacks:
+            gc.callbacks.remove(self._collected)
+        out: dict = {"seconds": round(elapsed, 2),
+                     "this_process_gc": {"collections": len(self.gc_pauses),
+                                         "longest_ms": round(max(self.gc_pauses, default=0.0) * 1000, 1)}}
         for name, pid in self.pids.items():
             before, after = self.before.get(name), schedstat_seconds(pid, self.proc)
             out[name] = None if before is None or after is None or elapsed <= 0 else {
@@ -85,7 +102,8 @@ class Contention:
 
 
 def describe(contention: dict | None) -> str:
-    """One line: ``worker 0.62 core (waited 0.30), broker ...; all 2 cores 91 % busy``."""
+    """One line: ``worker 0.62 core (waited 0.30), broker ..., all 2 cores 91 % busy, this
+    process's garbage collector did not run``."""
     if not contention:
         return "not measured"
     parts = [f"{name} {v['cpu_cores']:.2f} core (waited {v['wait_cores']:.2f})"
@@ -93,4 +111,9 @@ def describe(contention: dict | None) -> str:
     machine = contention.get("machine")
     if machine:
         parts.append(f"all {machine['cores']} cores {machine['busy_share']:.0%} busy")
+    collected = contention.get("this_process_gc")  # the measuring process's own pauses
+    if collected is not None:
+        parts.append(f"this process's garbage collector ran {collected['collections']} times "
+                     f"(longest pause {collected['longest_ms']:g} ms)" if collected["collections"]
+                     else "this process's garbage collector did not run")
     return ", ".join(parts) or "not measured"

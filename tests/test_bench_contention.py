@@ -68,3 +68,24 @@ def test_a_real_process_that_burns_cpu_is_counted_and_an_idle_one_is_not():
     finally:
         for p in procs:
             p.communicate("")
+
+
+def test_a_window_counts_this_processs_garbage_collections_and_stops_counting_after(tmp_path):
+    """The load generator and the reader run in the measuring process: a window says
+    whether its collector paused it (a pause there would show as the processor's latency)."""
+    import gc
+
+    proc = fake_proc(tmp_path, {42: "0 0 1\n"}, "cpu  0 0 0 100 0 0 0 0\n")
+    quiet = Contention({}, proc).start()
+    quiet_out = quiet.stop()
+    assert quiet_out["this_process_gc"] == {"collections": 0, "longest_ms": 0.0}
+    assert describe(quiet_out).endswith("this process's garbage collector did not run")
+    window = Contention({}, proc).start()
+    gc.collect()
+    gc.collect()
+    out = window.stop()
+    assert out["this_process_gc"]["collections"] == 2
+    assert out["this_process_gc"]["longest_ms"] >= 0.0
+    assert "garbage collector ran 2 times" in describe(out)
+    gc.collect()  # after the window: not counted, and no callback left behind
+    assert window._collected not in gc.callbacks
