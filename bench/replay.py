@@ -12,7 +12,8 @@ over up to 13 contracts. Then times
 * ``run_replay``: recompute plus the comparison with "published" records (here exactly
   the recomputed ones, serialised as a worker would), i.e. the whole audit after reading.
 
-Figures are log entries per second (wall clock, ``time.perf_counter``, GC enabled); the
+Figures are log entries per second (wall clock, ``time.perf_counter``, the garbage collector
+enabled and tuned as ``kpimargin replay`` tunes it, ``KPIMARGIN_GC_YOUNG_OBJECTS``); the
 median over ``--repeat`` runs is reported. Prints a human summary, then one JSON line.
 """
 
@@ -140,6 +141,12 @@ def main() -> None:
         topic = entry["source"]["topic"]
         kinds[topic] = kinds.get(topic, 0) + 1
     n_records = len(topics[REQUIREMENTS]) + len(topics[CALLS])
+    # the garbage collector as `kpimargin replay` sets it once the topics are read
+    # (KPIMARGIN_GC_YOUNG_OBJECTS=0: CPython's thresholds)
+    from stream.settings import Settings
+    from stream.worker.lifecycle import tune_gc
+
+    tune_gc(Settings.from_env().gc_young_objects)
 
     rec_s = [timed(lambda: recompute(log_entries(topics[LOG]))) for _ in range(args.repeat)]
     reports = []

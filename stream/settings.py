@@ -104,7 +104,7 @@ class Settings:
     )
     gc_young_objects: int = setting(
         "KPIMARGIN_GC_YOUNG_OBJECTS", 50_000,
-        "Net allocations between collections of Python's youngest garbage-collector generation in the worker (CPython's default: 700); at start the worker also freezes what it has loaded (gc.freeze) out of every collection. A batch's messages, records and outputs live for thousands of allocations: at 700 they reach the oldest generation and make Python scan the whole heap every few tenths of a second of a drain, 18 % of the worker's CPU (bench/RESULTS.md). 0: CPython's thresholds, nothing frozen.",
+        "Net allocations between collections of Python's youngest garbage-collector generation in the worker and in kpimargin replay (CPython's default: 700); at start (replay: once the topics are read) they also freeze what they have loaded (gc.freeze) out of every collection. A batch's messages, records and outputs live for thousands of allocations: at 700 they reach the oldest generation and make Python scan the whole heap every few tenths of a second of a drain, 18 % of the worker's CPU (bench/RESULTS.md). 0: CPython's thresholds, nothing frozen.",
     )
     log_format: str = setting("KPIMARGIN_LOG_FORMAT", "text", "Worker log lines: text, or json (one JSON object per line).")
     security_protocol: str = setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")

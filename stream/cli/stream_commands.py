@@ -421,6 +421,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         topics = _audit_topics([LOG, REQUIREMENTS, CALLS], args.dir, "replay")
         if topics is None:
             return 2
+    from stream.worker.lifecycle import tune_gc
+
+    tune_gc(_settings().gc_young_objects)  # what was read stays to the end: frozen, never scanned again
     report = run_replay(topics, filters, _engine_config(), Progress(0))
     source = f"{LOG} rebuilt from the input topics" if args.from_inputs else LOG
     print(format_report(report, args.show, source))

@@ -57,7 +57,8 @@ async def confirm(futures: list, what: str) -> None:
 
 
 def tune_gc(young_objects: int) -> None:
-    """Fit CPython's cycle collector to a stream worker (``KPIMARGIN_GC_YOUNG_OBJECTS``;
+    """Fit CPython's cycle collector to a stream worker, or to ``kpimargin replay`` once it
+    has read the topics (``KPIMARGIN_GC_YOUNG_OBJECTS``;
     bench/RESULTS.md, "Garbage collection"). Everything alive at start -- modules, faust's
     and aiokafka's machinery -- goes to the permanent generation (:func:`gc.freeze`), which
     no collection scans again; the youngest generation is collected every ``young_objects``
