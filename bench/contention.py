@@ -61,6 +61,8 @@ class Contention:
         self.t0 = 0.0
         self.before: dict[str, tuple[float, float] | None] = {}
         self.machine0: tuple[int, int] | None = None
+        self.gc_pauses: list[float] = []  # this process's collections in the window (seconds each)
+        self._gc_started = 0.0
 
     def _collected(self, phase: str, info: dict) -> None:
         """gc callback: this process's collections during the window, with their pauses."""
@@ -70,8 +72,7 @@ class Contention:
             self.gc_pauses.append(time.perf_counter() - self._gc_started)
 
     def start(self) -> "Contention":
-        self.gc_pauses: list[float] = []
-        self._gc_started = 0.0
+        self.gc_pauses = []
         gc.callbacks.append(self._collected)
         self.t0 = time.monotonic()
         self.before = {name: schedstat_seconds(pid, self.proc) for name, pid in self.pids.items()}

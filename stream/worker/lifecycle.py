@@ -1,6 +1,7 @@
 """How the worker's tasks fail: never on bad input (that is dead-lettered), only on a bug or
 a broken broker -- and then the whole process stops at once, so that a restart resumes from
-the last durable state, exactly as after a SIGKILL."""
+the last durable state, exactly as after a SIGKILL. And how the process's garbage collector
+is set for a stream of events (:func:`tune_gc`)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ async def confirm(futures: list, what: str) -> None:
 def tune_gc(young_objects: int) -> None:
     """Fit CPython's cycle collector to a stream worker, or to ``kpimargin replay`` once it
     has read the topics (``KPIMARGIN_GC_YOUNG_OBJECTS``;
-    bench/RESULTS.md, "Garbage collection"). Everything alive at start -- modules, faust's
+    bench/RESULTS.md, "Against the issue-16 targets (2026-12-07, afternoon)"). Everything alive at start -- modules, faust's
     and aiokafka's machinery -- goes to the permanent generation (:func:`gc.freeze`), which
     no collection scans again; the youngest generation is collected every ``young_objects``
     net allocations instead of 700. A batch's input records, parsed events and outputs live
