@@ -27,6 +27,7 @@ from stream.core.topics import COLLATERAL, FILLS, FLASH, LISTINGS, SETTLEMENTS, 
 MAX_ID_CHARS = 200
 MAX_HISTORY = 10_000
 MAX_NOTIONAL_USD = Decimal(10) ** 12
+MAX_NOTIONAL_FLOAT = 1e12  # MAX_NOTIONAL_USD, exactly
 MAX_ABS_AMOUNT_USD = Decimal(10) ** 15
 MAX_LEVEL = 1e15
 MAX_LEVEL_DECIMAL = Decimal(MAX_LEVEL)
@@ -274,8 +275,53 @@ def parse_tick(obj: Mapping[str, Any]) -> Tick:
 
 
 def parse_fill(obj: Mapping[str, Any]) -> Fill:
+    """:func:`parse_fill_checked`, with a fast path for the usual fill: string ids, a float
+    or integer price and notional written without an exponent, a ``...Z`` time. Anything
+    else -- and every fill that is rejected -- goes through :func:`parse_fill_checked`, so
+    the errors are its own; what the fast path accepts, it returns identically (a property
+    test compares the two on generated fills). Fills are the bulk of the input, and the
+    checks one function call at a time cost about a third of parsing one."""
+    get = obj.get
+    trade_id, account_id, contract_id = get("trade_id"), get("account_id"), get("contract_id")
+    side, price_v, notional_v, ts = get("side"), get("price"), get("notional"), get("ts")
+    if (type(trade_id) is str and type(account_id) is str and type(contract_id) is str
+            and 0 < len(trade_id) <= MAX_ID_CHARS and 0 < len(account_id) <= MAX_ID_CHARS
+            and 0 < len(contract_id) <= MAX_ID_CHARS and (side == "BUY" or side == "SELL") and type(ts) is str):
+        price = _plain_decimal(price_v, MAX_PRICE_DECIMALS, MAX_LEVEL)
+        notional = _plain_decimal(notional_v, 2, MAX_NOTIONAL_FLOAT)
+        if price is not None and notional is not None and notional_v > 0:
+            ts_us = parse_time_us(ts, "ts")
+            canonical = [trade_id, account_id, contract_id, side, str(price.normalize()) if price else "0",
+                         str(notional.normalize()), ts_us]
+            return Fill(trade_id, account_id, contract_id, side, price, notional, ts_us,
+                        hashlib.sha256(orjson.dumps(canonical)).hexdigest()[:32],
+                        int(price.scaleb(8)), int(notional.scaleb(2)))
+    return parse_fill_checked(obj)
+
+
+def _plain_decimal(value: Any, max_places: int, limit: float) -> Decimal | None:
+    """The Decimal :func:`~stream.core.money.to_decimal` gives a JSON number of at most
+    ``limit`` in magnitude with at most ``max_places`` decimals, written without an
+    exponent; None for anything else (the caller takes the checked path). A float's
+    shortest repr is exactly the Decimal's digits, and comparing it with a limit that is
+    a float compares the Decimal (no other float rounds to a value between them)."""
+    kind = type(value)
+    if kind is float:
+        if not -limit <= value <= limit:  # also NaN and the infinities
+            return None
+        text = repr(value)
+        if "e" in text or len(text) - text.index(".") - 1 > max_places:
+            return None
+        return Decimal(text)
+    if kind is int and -limit <= value <= limit:
+        return Decimal(value)
+    return None
+
+
+def parse_fill_checked(obj: Mapping[str, Any]) -> Fill:
     """A fill: side BUY|SELL, notional > 0 dollars (SPEC §2.7). Price is checked against
-    the contract's range by the engine, which knows the contract."""
+    the contract's range by the engine, which knows the contract. Every check one by one:
+    the reference :func:`parse_fill` falls back to, and that tests compare it with."""
     trade_id = _string(obj, "trade_id")
     account_id = _string(obj, "account_id")
     contract_id = _string(obj, "contract_id")
