@@ -211,11 +211,6 @@ def _remember(state: EngineState, account: Account, key: str, fp: str, ts_us: in
     state.touched.add(seen_key(account.account_id, key))
 
 
-def _account_src(state: EngineState, account_id: str) -> dict[str, int]:
-    account = state.accounts.get(account_id)
-    return account.src if account is not None else {}
-
-
 def _already_applied(state: EngineState, account_id: str, key: str, fp: str, id_field: str, cause: Cause,
                      ts_us: int) -> bool:
     """A re-delivery (source offset already applied to the account's row) or a repeated id
@@ -245,23 +240,34 @@ def _check_fill_time(contract: ContractState, ev: Fill) -> None:
 
 
 def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
-    contract = state.contracts.get(ev.contract_id)
-    if contract is not None and contract.settlement is None and not src_seen(_account_src(state, ev.account_id), cause):
-        _check_fill_time(contract, ev)  # the specific reason first (an applied fill passed it)
-    if _already_applied(state, ev.account_id, f"t:{ev.trade_id}", ev.fingerprint, "trade_id", cause, ev.ts_us):
+    # The checks of _already_applied, in its order, with the account and the contract looked
+    # up once (a fill is the bulk of the input): a re-delivery is skipped before anything
+    # else; the fill's time against its contract's listing is checked before the dedup
+    # horizon and the id (the specific reason first: an applied fill passed it).
+    account = state.accounts.get(ev.account_id)
+    if account is not None and src_seen(account.src, cause):
         return []
-    contract = _known_contract(state, ev.contract_id)
-    listing = contract.listing
+    contract = state.contracts.get(ev.contract_id)
+    if contract is not None and contract.settlement is None:
+        _check_fill_time(contract, ev)
+    _check_horizon(state, ev.ts_us)
+    key = f"t:{ev.trade_id}"
+    if _check_duplicate(state, account, key, ev.fingerprint, "trade_id"):
+        return []
+    if contract is None:
+        raise UnknownContract(f"no listing for {ev.contract_id!r}", field="contract_id")
     if contract.settlement is not None:
         raise ContractSettled("fill after settlement", field="contract_id")
     if not contract.lower_dec <= ev.price <= contract.upper_dec:
+        listing = contract.listing
         raise OutOfRange(
             f"price {ev.price} outside the range [{listing.lower:g}, {listing.upper:g}]",
             field="price",
             reason="price_out_of_range",
         )
-    account = get_account(state, ev.account_id)
-    _remember(state, account, f"t:{ev.trade_id}", ev.fingerprint, ev.ts_us)
+    if account is None:
+        account = get_account(state, ev.account_id)
+    _remember(state, account, key, ev.fingerprint, ev.ts_us)
     row = account.positions.get(ev.contract_id)
     if row is None:
         row = add_position(account, contract)
