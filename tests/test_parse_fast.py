@@ -24,6 +24,8 @@ def outcome(fn, *args):
         return "ok", fn(*args)
     except Rejected as error:
         return "rejected", type(error).__name__, error.reason, error.field, error.message
+    except Exception as error:  # not input the parsers are for (e.g. bytes): the same error too
+        return "error", type(error).__name__, str(error)
 
 
 # Numbers as JSON gives them: floats of every kind (0, -0, tiny, huge, many decimals,
@@ -81,6 +83,11 @@ def test_fills_valid_but_for_their_numbers_agree(price, notional, ts):
     """Every field valid but the numbers and the time, which are drawn from the edge cases."""
     obj = {"trade_id": "T-1", "account_id": "A", "contract_id": "C", "side": "SELL", "price": price,
            "notional": notional, "ts": ts}
+    assert outcome(parse_fill, obj) == outcome(parse_fill_checked, obj)
+
+
+@pytest.mark.parametrize("obj", [b'{"trade_id": "T"}', "T", None, 7, ["trade_id"], {"trade_id": "T"}.items()])
+def test_what_is_not_a_decoded_message_meets_the_checked_parser(obj):
     assert outcome(parse_fill, obj) == outcome(parse_fill_checked, obj)
 
 

@@ -281,6 +281,8 @@ def parse_fill(obj: Mapping[str, Any]) -> Fill:
     the errors are its own; what the fast path accepts, it returns identically (a property
     test compares the two on generated fills). Fills are the bulk of the input, and the
     checks one function call at a time cost about a third of parsing one."""
+    if type(obj) is not dict:  # a decoded message is; anything else, the checked path
+        return parse_fill_checked(obj)
     get = obj.get
     trade_id, account_id, contract_id = get("trade_id"), get("account_id"), get("contract_id")
     side, price_v, notional_v, ts = get("side"), get("price"), get("notional"), get("ts")
