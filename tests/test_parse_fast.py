@@ -19,9 +19,12 @@ prop = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCh
 
 
 def outcome(fn, *args):
-    """What a parser did: its result, or its rejection as comparable data."""
+    """What a parser did: its result (with its repr: ``Decimal('100.0')`` equals
+    ``Decimal('1E+2')``, but a rejection's message shows which one it is), or its rejection
+    as comparable data."""
     try:
-        return "ok", fn(*args)
+        result = fn(*args)
+        return "ok", result, repr(result)
     except Rejected as error:
         return "rejected", type(error).__name__, error.reason, error.field, error.message
     except Exception as error:  # not input the parsers are for (e.g. bytes): the same error too
