@@ -211,14 +211,14 @@ def _remember(state: EngineState, account: Account, key: str, fp: str, ts_us: in
     state.touched.add(seen_key(account.account_id, key))
 
 
-def _already_applied(state: EngineState, account_id: str, key: str, fp: str, id_field: str, cause: Cause,
-                     ts_us: int) -> bool:
-    """A re-delivery (source offset already applied to the account's row) or a repeated id
-    with identical content; a repeated id with other content raises a conflict, an event
-    older than the dedup horizon is rejected."""
-    account = state.accounts.get(account_id)
-    if account is not None and src_seen(account.src, cause):
-        return True
+def _redelivered(account: Account | None, cause: Cause) -> bool:
+    """A re-delivery: this source offset is already applied to the account's row."""
+    return account is not None and src_seen(account.src, cause)
+
+
+def _repeated_id(state: EngineState, account: Account | None, key: str, fp: str, id_field: str, ts_us: int) -> bool:
+    """A repeated id with identical content; a repeated id with other content raises a
+    conflict, an event older than the dedup horizon is rejected."""
     _check_horizon(state, ts_us)
     return _check_duplicate(state, account, key, fp, id_field)
 
@@ -240,22 +240,21 @@ def _check_fill_time(contract: ContractState, ev: Fill) -> None:
 
 
 def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
-    # The checks of _already_applied, in its order, with the account and the contract looked
-    # up once (a fill is the bulk of the input): a re-delivery is skipped before anything
-    # else; the fill's time against its contract's listing is checked before the dedup
-    # horizon and the id (the specific reason first: an applied fill passed it).
+    # The account and the contract are looked up once (a fill is the bulk of the input). A
+    # re-delivery is skipped before anything else; the fill's time against its contract's
+    # listing is checked before the dedup horizon and the id (the specific reason first: an
+    # applied fill passed it).
     account = state.accounts.get(ev.account_id)
-    if account is not None and src_seen(account.src, cause):
+    if _redelivered(account, cause):
         return []
     contract = state.contracts.get(ev.contract_id)
     if contract is not None and contract.settlement is None:
         _check_fill_time(contract, ev)
-    _check_horizon(state, ev.ts_us)
     key = f"t:{ev.trade_id}"
-    if _check_duplicate(state, account, key, ev.fingerprint, "trade_id"):
+    if _repeated_id(state, account, key, ev.fingerprint, "trade_id", ev.ts_us):
         return []
     if contract is None:
-        raise UnknownContract(f"no listing for {ev.contract_id!r}", field="contract_id")
+        contract = _known_contract(state, ev.contract_id)  # raises UnknownContract
     if contract.settlement is not None:
         raise ContractSettled("fill after settlement", field="contract_id")
     if not contract.lower_dec <= ev.price <= contract.upper_dec:
@@ -278,10 +277,13 @@ def _apply_fill(state: EngineState, ev: Fill, cause: Cause) -> list[Output]:
 
 
 def _apply_movement(state: EngineState, ev: Movement, cause: Cause) -> list[Output]:
-    if _already_applied(state, ev.account_id, f"m:{ev.movement_id}", ev.fingerprint, "movement_id", cause, ev.ts_us):
+    account = state.accounts.get(ev.account_id)
+    key = f"m:{ev.movement_id}"
+    if _redelivered(account, cause) or _repeated_id(state, account, key, ev.fingerprint, "movement_id", ev.ts_us):
         return []
-    account = get_account(state, ev.account_id)
-    _remember(state, account, f"m:{ev.movement_id}", ev.fingerprint, ev.ts_us)
+    if account is None:
+        account = get_account(state, ev.account_id)
+    _remember(state, account, key, ev.fingerprint, ev.ts_us)
     account.equity_cents += ev.amount_cents
     return _account_changed(state, account, cause, ev.ts_us)
 

@@ -179,7 +179,16 @@ def fingerprint(*fields: Any) -> str:
     """A digest of an event's parsed content: equal content, equal print, however the JSON
     spelled it (``460000`` or ``460000.0``, ``Z`` or ``+00:00``, key order, extra fields).
     Decimals are normalised (``4.6E+5``); floats and strings are written by orjson."""
-    canonical = [(str(f.normalize()) if f else "0") if isinstance(f, Decimal) else f for f in fields]
+    return _digest([_canonical_decimal(f) if isinstance(f, Decimal) else f for f in fields])
+
+
+def _canonical_decimal(amount: Decimal) -> str:
+    """A Decimal as :func:`fingerprint` writes it: normalised, zero as ``0``."""
+    return str(amount.normalize()) if amount else "0"
+
+
+def _digest(canonical: list) -> str:
+    """:func:`fingerprint` of fields already canonical (Decimals written by :func:`_canonical_decimal`)."""
     return hashlib.sha256(orjson.dumps(canonical)).hexdigest()[:32]
 
 
@@ -293,10 +302,9 @@ def parse_fill(obj: Mapping[str, Any]) -> Fill:
         notional = _plain_decimal(notional_v, 2, MAX_NOTIONAL_FLOAT)
         if price is not None and notional is not None and notional_v > 0:
             ts_us = parse_time_us(ts, "ts")
-            canonical = [trade_id, account_id, contract_id, side, str(price.normalize()) if price else "0",
-                         str(notional.normalize()), ts_us]
-            return Fill(trade_id, account_id, contract_id, side, price, notional, ts_us,
-                        hashlib.sha256(orjson.dumps(canonical)).hexdigest()[:32],
+            digest = _digest([trade_id, account_id, contract_id, side, _canonical_decimal(price),
+                              _canonical_decimal(notional), ts_us])  # fingerprint(...), its Decimals known
+            return Fill(trade_id, account_id, contract_id, side, price, notional, ts_us, digest,
                         int(price.scaleb(8)), int(notional.scaleb(2)))
     return parse_fill_checked(obj)
 
