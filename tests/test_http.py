@@ -296,6 +296,10 @@ def test_metrics_count_what_was_published(running):
     assert total("kpimargin_engine_lag_records") == 0
     assert total("kpimargin_accounts") == len(ACCOUNTS)
     assert total("kpimargin_apply_seconds_count") == total("kpimargin_log_records_applied_total") > 0
+    for m in samples:  # each worker routes two log partitions; broadcast inputs reach both tasks in one step
+        steps = sum(v for (n, _ls), v in m.items() if n == "kpimargin_router_steps_total")
+        asked = sum(v for (n, _ls), v in m.items() if n == "kpimargin_router_end_offset_requests_total")
+        assert 0 < asked <= steps, (asked, steps)
     dashboard = (Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text()
     exposed = {n for m in samples for (n, _ls) in m}
     assert set(re.findall(r"kpimargin_[a-z_]+", dashboard)) <= exposed, "the dashboard draws a metric no worker exposes"
