@@ -60,6 +60,9 @@ class InFlight:
 
     log_records: list[SentLogRecord]
 
+    def entries(self) -> int:
+        return sum(len(record.parsed) for record in self.log_records)
+
 
 class PartitionCountError(Exception):
     """The account topics are not partitioned like the log (co-partitioning is required)."""
@@ -193,9 +196,13 @@ class Router:
         """Forward what every task may forward now; return how long the next fetch may wait.
 
         The end offsets the tasks need are asked in one request for all of them, then every
-        task is tried again: one round trip a step, however many log partitions this worker
-        routes (a request per task, in turn, made a step last that many round trips: at 1,000
-        fills/s on Kafka with 16 log partitions, p50 61-63 -> 32 ms, bench/RESULTS.md)."""
+        task is tried again, and what a partition that emptied meanwhile needs is asked once
+        more, for the next step: at most two requests a step, however many log partitions
+        this worker routes (a
+        request per task, in turn, made a step last that many round trips: at 1,000 fills/s
+        on Kafka with 16 log partitions, p50 54-59 -> 31 ms, bench/RESULTS.md). Asking
+        also the ends of partitions with records still buffered, to save that second
+        request, held records back while producers kept publishing (tests/test_freeze.py)."""
         wait_s = 1.0
         positions: dict[TopicPartition, int] = {}  # fetch positions move only in getmany: read once a step
         async with self.lock:
@@ -203,7 +210,7 @@ class Router:
                 return 0.0
             if any(task.buffered() for task in self.tasks.values()):
                 self.stats.router_steps += 1
-            for attempt in range(2):  # once more after asking the end offsets the tasks need
+            for _ in range(2):  # once more after asking the end offsets the tasks need
                 asks: set[TopicPartition] = set()
                 for p, task in sorted(self.tasks.items()):
                     for tp, buf in task.buffers.items():
@@ -221,13 +228,6 @@ class Router:
                     asks |= ask
                 if not asks:
                     break
-                if attempt:  # not expected (below); if it comes, the next step asks at once
-                    wait_s = 0.0
-                    break
-                # every input partition of a task with records left: one that empties while
-                # the step forwards has its end asked after its records arrived too, so the
-                # second pass needs no second request
-                asks.update(tp for task in self.tasks.values() if task.buffered() for tp in task.buffers)
                 asked = time.monotonic()
                 self.stats.end_offset_requests += 1
                 for tp, offset in (await consumer.end_offsets(sorted(asks))).items():
@@ -335,16 +335,30 @@ class Router:
         """Batches in order, once the broker acknowledged them: hand each log record to this
         worker's log agent (:meth:`stream.worker.agent.LogAgent.handoff`: applied at once when
         the agent is at its offset, instead of after fetching it back from the log). The
-        batches queued by then go together, ending one batch of the agent, not one each: a
-        step sends a batch per task, and a boundary per batch delayed the last task's
-        outputs behind the others' persister hand-overs."""
+        batches behind the first that are acknowledged by then go with it, ending one batch
+        of the agent, not one each: a step sends a batch per task, and a boundary per batch
+        delayed the last task's outputs behind the others' persister hand-overs. A batch
+        not yet acknowledged, or one that would take the agent's batch beyond
+        ``KPIMARGIN_BATCH_MAX`` entries, waits for the next round (``carried``): none waits
+        for a later one's acknowledgement."""
+        limit = self.settings.batch_max
+        carried: InFlight | None = None
         while True:
-            batches: list[InFlight] = [await self.in_flight.get()]
-            while not self.in_flight.empty():  # every batch sent meanwhile: one hand-off, one boundary
-                batches.append(self.in_flight.get_nowait())
+            batches: list[InFlight] = [carried if carried is not None else await self.in_flight.get()]
+            carried = None
             try:
+                await confirm([record.delivery for record in batches[0].log_records], "log records")
+                entries = batches[0].entries()
+                while not self.in_flight.empty():
+                    queued = self.in_flight.get_nowait()
+                    if (entries + queued.entries() > limit
+                            or not all(record.delivery.done() for record in queued.log_records)):
+                        carried = queued
+                        break
+                    batches.append(queued)
+                    entries += queued.entries()
                 sent = [record for batch in batches for record in batch.log_records]
-                await confirm([record.delivery for record in sent], "log records")
+                await confirm([record.delivery for record in sent], "log records")  # done: raises a failure
                 if self.agent.handoff([(record.partition, record.delivery.result().offset, record.parsed)
                                        for record in sent]):
                     await self.agent.boundary()
