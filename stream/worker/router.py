@@ -200,7 +200,7 @@ class Router:
         more, for the next step: at most two requests a step, however many log partitions
         this worker routes (a
         request per task, in turn, made a step last that many round trips: at 1,000 fills/s
-        on Kafka with 16 log partitions, p50 54-59 -> 31 ms, bench/RESULTS.md). Asking
+        on Kafka with 16 log partitions, p50 122 -> 41-46 ms, bench/RESULTS.md). Asking
         also the ends of partitions with records still buffered, to save that second
         request, held records back while producers kept publishing (tests/test_freeze.py)."""
         wait_s = 1.0
