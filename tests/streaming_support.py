@@ -265,13 +265,13 @@ class Cluster:
         asyncio.run(run())
         return ends
 
-    def wait_consumed(self, timeout_s: float = 90.0) -> None:
+    def wait_consumed(self, timeout_s: float = 90.0, until=None) -> None:
         """Wait until the log has taken in every input -- each log partition's last record
         says its router is past the end of every input partition it reads -- and then the
         processor's group has committed every log record (committed only once the batch's
-        outputs, rows and meta row are durable)."""
+        outputs, rows and meta row are durable); or, with ``until``, until that is true."""
         deadline = time.monotonic() + timeout_s
-        while True:
+        while until is None or not until():
             self.assert_alive()
             behind = self.routing_behind()
             if not behind:  # the log is read after the inputs are taken in: it holds them all

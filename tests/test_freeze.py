@@ -47,6 +47,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 EVENTS = int(os.environ.get("KPIMARGIN_FREEZE_EVENTS", "2000"))
 PIECES = 8
 FREEZE_AT = 6  # persisted batches before the freeze point fires: into the fills (a batch holds ~40 inputs)
+# KPIMARGIN_FREEZE_TRICKLE=1: wait until each piece is taken in before publishing the next, so
+# that the freeze comes early, between pieces, and more is published after the thaw. The
+# default mode freezes late, in a backlog; this one fails (docs/delivery.md, "Found and not
+# yet fixed")
+TRICKLE = os.environ.get("KPIMARGIN_FREEZE_TRICKLE") == "1"
 
 
 async def _group(settings) -> tuple[str, int]:
@@ -100,6 +105,8 @@ def freeze_and_thaw(bootstrap: str, tmp_path, summary, point: str, name: str, **
         while first < PIECES - 3 and not stopped(zombie.pid):  # publish until the freeze point fired
             cluster.publish_messages(pieces[first])
             first += 1
+            if TRICKLE:
+                cluster.wait_consumed(timeout_s=120, until=lambda: stopped(zombie.pid))
         wait_until(lambda: stopped(zombie.pid), 120, f"the worker frozen at {point}")
         marks["frozen"], marks["pieces"] = time.monotonic() - t0, first
         wait_until(lambda: group(settings) == ("Stable", 1), 120, "the group down to the other worker")

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.core.topics import ACCOUNT_TOPICS, BROADCAST_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
 from stream.kafka.clients import client_kwargs, topic_partitions
-from stream.log.merge import End, Fetched, TaskInputs, release
+from stream.log.merge import End, Fetched, TaskInputs, step as merge_step
 from stream.log.ordered_log import RECORD_HEAD, Parsed, _route, encode_record, record_positions
 from stream.settings import Settings
 from stream.worker.lifecycle import confirm, guarded, undelivered_log_record
@@ -193,47 +193,17 @@ class Router:
             await consumer.stop()
 
     async def step(self, consumer: AIOKafkaConsumer) -> float:
-        """Forward what every task may forward now; return how long the next fetch may wait.
-
-        The end offsets the tasks need are asked in one request for all of them, then every
-        task is tried again, and what a partition that emptied meanwhile needs is asked once
-        more, for the next step: at most two requests a step, however many log partitions
-        this worker routes (a request per task, in turn, made a step last that many round
-        trips: at 1,000 fills/s on Kafka with 16 log partitions, p50 122 -> 41-46 ms,
-        bench/RESULTS.md). Asking also the ends of partitions with records still buffered,
-        to save that second request, held records back while producers kept publishing
-        (tests/test_freeze.py)."""
-        wait_s = 1.0
-        positions: dict[TopicPartition, int] = {}  # fetch positions move only in getmany: read once a step
+        """Forward what every task may forward now (:func:`stream.log.merge.step`: at most two
+        end-offset requests); return how long the next fetch may wait."""
         async with self.lock:
             if self.dirty:
                 return 0.0
             if any(task.buffered() for task in self.tasks.values()):
                 self.stats.router_steps += 1
-            for _ in range(2):  # once more after asking the end offsets the tasks need
-                asks: set[TopicPartition] = set()
-                for p, task in sorted(self.tasks.items()):
-                    for tp, buf in task.buffers.items():
-                        if not buf:  # the fetch position skips what the task never sees (control records)
-                            position = positions.get(tp)
-                            if position is None:
-                                position = positions[tp] = await consumer.position(tp)
-                            task.fetched[tp] = max(task.fetched.get(tp, 0), position)
-                    released, ask, idle = release(task, self.ends, self.settings.max_idle_ms / 1000.0,
-                                                  time.monotonic(), self.logical)
-                    if released:
-                        await self.send(p, released)
-                    if idle is not None:
-                        wait_s = min(wait_s, idle)
-                    asks |= ask
-                if not asks:
-                    break
-                asked = time.monotonic()
-                self.stats.end_offset_requests += 1
-                for tp, offset in (await consumer.end_offsets(sorted(asks))).items():
-                    self.ends[tp] = End(offset, asked)
-            if any(task.buffered() for task in self.tasks.values()):
-                wait_s = min(wait_s, 0.05)
+            wait_s, requests = await merge_step(self.tasks, self.ends, self.settings.max_idle_ms / 1000.0,
+                                                time.monotonic, consumer.position, consumer.end_offsets, self.send,
+                                                self.logical)
+            self.stats.end_offset_requests += requests
         return wait_s
 
     def logical(self, tp: TopicPartition) -> tuple[str, int]:
