@@ -48,9 +48,8 @@ EVENTS = int(os.environ.get("KPIMARGIN_FREEZE_EVENTS", "2000"))
 PIECES = 8
 FREEZE_AT = 6  # persisted batches before the freeze point fires: into the fills (a batch holds ~40 inputs)
 # KPIMARGIN_FREEZE_TRICKLE=1: wait until each piece is taken in before publishing the next (the
-# freeze comes early, between pieces). With KPIMARGIN_FREEZE_ROUTER_BATCH_MAX=20 as well, the
-# embedded broker's late end offsets let the router write a tick before older fills
-# (docs/delivery.md, "Found and not yet fixed"): the outcome check fails
+# freeze comes early, between pieces). With KPIMARGIN_FREEZE_ROUTER_BATCH_MAX=20 as well, this
+# is how the embedded broker's short end offsets were found (docs/delivery.md)
 TRICKLE = os.environ.get("KPIMARGIN_FREEZE_TRICKLE") == "1"
 ROUTER_BATCH_MAX = int(os.environ.get("KPIMARGIN_FREEZE_ROUTER_BATCH_MAX", "2000"))
 

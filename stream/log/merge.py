@@ -156,8 +156,7 @@ async def step(tasks: dict[int, TaskInputs], ends: dict[Hashable, End], idle_s: 
     that one emptied by the step needs no second request) halves the wait against the
     simulated broker of tests/test_merge_liveness.py and is as safe; it is not done yet:
     tests/test_freeze.py's freeze point depends on the router forwarding a backlog slowly
-    (bench/RESULTS.md, 2026-12-07 late). On the embedded broker an end offset can be short
-    (Tansu answers a batch's first offset + 1): docs/delivery.md, "Found and not yet fixed"."""
+    (bench/RESULTS.md, 2026-12-07 late)."""
     wait_s, requests = 1.0, 0
     positions: dict[Hashable, int] = {}
     for _ in range(2):  # once more after asking the end offsets the tasks need

@@ -194,14 +194,29 @@ class Router:
 
     async def step(self, consumer: AIOKafkaConsumer) -> float:
         """Forward what every task may forward now (:func:`stream.log.merge.step`: at most two
-        end-offset requests); return how long the next fetch may wait."""
+        end-offset requests); return how long the next fetch may wait.
+
+        A partition's end offset is the broker's answer to ListOffsets, or the high watermark
+        of the consumer's last fetch of it if that is higher. The embedded broker (Tansu
+        0.6.0) answers ListOffsets, after a batch of several records, with the batch's first
+        offset + 1 until another batch lands; when ``getmany`` had returned only part of that
+        batch (``KPIMARGIN_ROUTER_BATCH_MAX``), the merge took the partition for caught up and
+        forwarded a newer record past the rest (docs/delivery.md). The fetch that brought the
+        batch carried a high watermark past it. A higher end only makes the merge wait for
+        records the broker has, so this is safe on every broker; Kafka's ListOffsets stays the
+        proof there (a new leader's high watermark can lag, KIP-207)."""
         async with self.lock:
             if self.dirty:
                 return 0.0
             if any(task.buffered() for task in self.tasks.values()):
                 self.stats.router_steps += 1
+
+            async def end_offsets(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+                return {tp: max(offset, consumer.highwater(tp) or 0)
+                        for tp, offset in (await consumer.end_offsets(tps)).items()}
+
             wait_s, requests = await merge_step(self.tasks, self.ends, self.settings.max_idle_ms / 1000.0,
-                                                time.monotonic, consumer.position, consumer.end_offsets, self.send,
+                                                time.monotonic, consumer.position, end_offsets, self.send,
                                                 self.logical)
             self.stats.end_offset_requests += requests
         return wait_s
