@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pytest
 
 from stream.core.topics import ACCOUNT_TOPICS, BROADCAST_TOPICS, FILLS
-from stream.log.merge import Fetched, TaskInputs, step
+from stream.log.merge import Fetched, TaskInputs, add_fetched, step
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ class SimConsumer:
         self.consumed = {tp: 0 for tp in partitions}  # next offset getmany returns (position)
         self.records: dict[tuple, deque] = {}  # fetched, not yet returned: in arrival order
         self.in_flight: tuple[float, float] | None = None  # (answered at, response received at)
-        self.requests = 0
 
     def _send_fetch(self, t: float) -> None:
         arrive = t + self.link.rtt_s / 2
@@ -99,7 +98,6 @@ class SimConsumer:
         return self.consumed[tp]
 
     async def end_offsets(self, tps: list) -> dict:
-        self.requests += 1
         self.now += self.link.rtt_s / 2
         ends = {tp: self.published.end(tp, self.now) for tp in tps}
         self.now += self.link.rtt_s / 2
@@ -154,10 +152,8 @@ def route(published: Published, tasks: dict[int, TaskInputs], link: Link, until_
                                            consumer.end_offsets, forward)
             fetched = consumer.getmany(wait_s, max_records)
             for tp, offsets in fetched.items():
-                for task in tasks.values():
-                    if tp in task.buffers:
-                        for offset in offsets:
-                            task.add(tp, Fetched(published.stamps[tp][offset], offset, None, consumer.now))
+                add_fetched(tasks, tp, [Fetched(published.stamps[tp][offset], offset, None, consumer.now)
+                                        for offset in offsets])
 
     asyncio.run(run())
     return out, latency

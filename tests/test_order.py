@@ -37,27 +37,32 @@ WEB = load_example("web_listing.json")
 ACCOUNTS = [f"K{i:03d}" for i in range(40)]
 
 
+def deposits(rnd: random.Random) -> list[dict]:
+    """A deposit into every account, on April 2."""
+    return [{"movement_id": f"D-{a}", "account_id": a, "amount": f"{rnd.randint(1, 40) * 250}.00",
+             "ts": "2026-04-02T00:00:00Z"} for a in ACCOUNTS]
+
+
+def fill_messages(rnd: random.Random, prefix: str, n: int, ts: str) -> list[dict]:
+    """``n`` fills at ``ts`` in either contract, random accounts, sides, prices in range."""
+    out = []
+    for i in range(n):
+        contract = rnd.choice((TSLA, WEB))
+        lower, upper = contract["lower"], contract["upper"]
+        price = rnd.randrange(lower, upper) if upper > 1000 else round(rnd.uniform(lower, upper), 2)
+        out.append({"trade_id": f"{prefix}{i}", "account_id": rnd.choice(ACCOUNTS), "contract_id": contract["contract_id"],
+                    "side": rnd.choice(("BUY", "SELL")), "price": price, "notional": rnd.randint(100, 20000), "ts": ts})
+    return out
+
+
 def scenario(seed: int = 5) -> list[tuple[str, dict]]:
     rnd = random.Random(seed)
-
-    def fills(prefix: str, n: int, ts: str) -> list[tuple[str, dict]]:
-        out = []
-        for i in range(n):
-            contract = rnd.choice((TSLA, WEB))
-            lower, upper = contract["lower"], contract["upper"]
-            price = rnd.randrange(lower, upper) if upper > 1000 else round(rnd.uniform(lower, upper), 2)
-            out.append((FILLS, {"trade_id": f"{prefix}{i}", "account_id": rnd.choice(ACCOUNTS),
-                                "contract_id": contract["contract_id"], "side": rnd.choice(("BUY", "SELL")),
-                                "price": price, "notional": rnd.randint(100, 20000), "ts": ts}))
-        return out
-
     messages = [(LISTINGS, TSLA), (LISTINGS, WEB)]
-    messages += [(COLLATERAL, {"movement_id": f"D-{a}", "account_id": a, "amount": f"{rnd.randint(1, 40) * 250}.00",
-                               "ts": "2026-04-02T00:00:00Z"}) for a in ACCOUNTS]
-    messages += fills("A", 150, "2026-04-03T12:00:00Z")
+    messages += [(COLLATERAL, m) for m in deposits(rnd)]
+    messages += [(FILLS, m) for m in fill_messages(rnd, "A", 150, "2026-04-03T12:00:00Z")]
     # 30 days on: a fill of April 3 applied after this tick is beyond the 7-day dedup horizon
     messages.append((TICKS, {"ts": "2026-05-03T00:00:00Z"}))
-    messages += fills("B", 150, "2026-05-03T12:00:00Z")
+    messages += [(FILLS, m) for m in fill_messages(rnd, "B", 150, "2026-05-03T12:00:00Z")]
     messages.append((COLLATERAL, {"movement_id": "TOPUP", "account_id": ACCOUNTS[0], "amount": "100000.00",
                                   "ts": "2026-05-03T12:00:00Z"}))
     messages.append((SETTLEMENTS, {"contract_id": WEB["contract_id"], "value": 131.5, "ts": "2026-06-05T00:00:00Z"}))
@@ -149,20 +154,10 @@ def alternating(seed: int = 11, rounds: int = 20) -> list[tuple[str, list[dict]]
     a tick to pass fills published before it (their requirements then see another time to
     settlement, or the fills fall outside the dedup horizon)."""
     rnd = random.Random(seed)
-    runs: list[tuple[str, list[dict]]] = [(LISTINGS, [TSLA, WEB])]
-    runs.append((COLLATERAL, [{"movement_id": f"D-{a}", "account_id": a, "amount": f"{rnd.randint(1, 40) * 250}.00",
-                               "ts": "2026-04-02T00:00:00Z"} for a in ACCOUNTS]))
+    runs: list[tuple[str, list[dict]]] = [(LISTINGS, [TSLA, WEB]), (COLLATERAL, deposits(rnd))]
     day = datetime.date(2026, 4, 3)
     for r in range(rounds):
-        fills = []
-        for i in range(25):
-            contract = rnd.choice((TSLA, WEB))
-            lower, upper = contract["lower"], contract["upper"]
-            price = rnd.randrange(lower, upper) if upper > 1000 else round(rnd.uniform(lower, upper), 2)
-            fills.append({"trade_id": f"R{r}-{i}", "account_id": rnd.choice(ACCOUNTS), "contract_id": contract["contract_id"],
-                          "side": rnd.choice(("BUY", "SELL")), "price": price, "notional": rnd.randint(100, 20000),
-                          "ts": f"{day.isoformat()}T12:00:00Z"})
-        runs.append((FILLS, fills))
+        runs.append((FILLS, fill_messages(rnd, f"R{r}-", 25, f"{day.isoformat()}T12:00:00Z")))
         day += datetime.timedelta(days=2)
         runs.append((TICKS, [{"ts": f"{day.isoformat()}T00:00:00Z"}]))
     return runs

@@ -84,6 +84,15 @@ class TaskInputs:
         return sum(len(b) for b in self.buffers.values())
 
 
+def add_fetched(tasks: dict[int, TaskInputs], tp: Hashable, records: list[Fetched]) -> None:
+    """Buffer records fetched from input partition ``tp`` in every task that reads it (a
+    partition of the topics that concern all accounts is read by every task)."""
+    for task in tasks.values():
+        if tp in task.buffers:
+            for record in records:
+                task.add(tp, record)
+
+
 def _order(tp: Hashable, record: Fetched) -> tuple:
     topic, partition = tp  # type: ignore[misc]
     return (record.timestamp, TOPIC_RANK.get(topic, len(TOPIC_RANK)), partition, record.offset)
@@ -143,7 +152,8 @@ async def step(tasks: dict[int, TaskInputs], ends: dict[Hashable, End], idle_s: 
     ``position(tp)`` is the consumer's next offset to return for ``tp`` (it moves only when
     records are fetched, so it is read once a step: a partition with nothing buffered is at
     least there, which skips what a task never sees, such as control records);
-    ``end_offsets(tps)`` asks the broker the end offsets of ``tps`` (updates ``ends``);
+    ``end_offsets(tps)`` asks the broker the end offsets of ``tps`` (its answers go into
+    ``ends``, each with the time it was asked);
     ``forward(p, released)`` sends what task ``p`` released, in order.
 
     The end offsets the tasks need are asked in one request for all of them, then every

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.core.topics import ACCOUNT_TOPICS, BROADCAST_TOPICS, DEADLETTER, INPUT_TOPICS, LOG
 from stream.kafka.clients import client_kwargs, topic_partitions
-from stream.log.merge import End, Fetched, TaskInputs, step as merge_step
+from stream.log.merge import End, Fetched, TaskInputs, add_fetched, step as merge_step
 from stream.log.ordered_log import RECORD_HEAD, Parsed, _route, encode_record, record_positions
 from stream.settings import Settings
 from stream.worker.lifecycle import confirm, guarded, undelivered_log_record
@@ -184,10 +184,8 @@ class Router:
                 if self.dirty:
                     continue  # a rebalance while fetching: the tasks start over from the log
                 for tp, records in fetched.items():
-                    for task in self.tasks.values():
-                        if tp in task.buffers:
-                            for record in records:
-                                task.add(tp, Fetched(record.timestamp or 0, record.offset, record.value, received))
+                    add_fetched(self.tasks, tp,
+                                [Fetched(r.timestamp or 0, r.offset, r.value, received) for r in records])
         finally:
             retiring.cancel()
             await consumer.stop()
