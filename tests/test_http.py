@@ -299,7 +299,7 @@ def test_metrics_count_what_was_published(running):
     for m in samples:  # each worker routes two log partitions; broadcast inputs reach both tasks in one step
         steps = sum(v for (n, _ls), v in m.items() if n == "kpimargin_router_steps_total")
         asked = sum(v for (n, _ls), v in m.items() if n == "kpimargin_router_end_offset_requests_total")
-        assert 0 < asked <= steps, (asked, steps)  # one for all tasks (a request per task: 17 in 7 steps)
+        assert 0 < asked <= 2 * steps, (asked, steps)  # one for all tasks, one more for what emptied meanwhile
     dashboard = (Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text()
     exposed = {n for m in samples for (n, _ls) in m}
     assert set(re.findall(r"kpimargin_[a-z_]+", dashboard)) <= exposed, "the dashboard draws a metric no worker exposes"

@@ -44,7 +44,7 @@ class WorkerCollector:
         yield CounterMetricFamily("kpimargin_router_steps", "Merge steps the router ran with input records buffered",
                                   value=s.router_steps)
         yield CounterMetricFamily("kpimargin_router_end_offset_requests", "End-offset (ListOffsets) requests of the "
-                                  "router's merge, its proof that no older input is still on its way: at most one a "
+                                  "router's merge, its proof that no older input is still on its way: at most two a "
                                   "step, for all its log partitions", value=s.end_offset_requests)
         family = CounterMetricFamily("kpimargin_log_entries_applied", "margin.log entries applied, by log partition",
                                      labels=["partition"])

@@ -191,8 +191,8 @@ class Router:
             await consumer.stop()
 
     async def step(self, consumer: AIOKafkaConsumer) -> float:
-        """Forward what every task may forward now (:func:`stream.log.merge.step`: at most one
-        end-offset request); return how long the next fetch may wait.
+        """Forward what every task may forward now (:func:`stream.log.merge.step`: at most two
+        end-offset requests); return how long the next fetch may wait.
 
         A partition's end offset is the broker's answer to ListOffsets, or the high watermark
         of the consumer's last fetch of it if that is higher. The embedded broker (Tansu

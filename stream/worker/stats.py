@@ -54,7 +54,7 @@ class Stats:
         self.rejected = 0  # dead letters the router published
         self.deadletters: Counter[tuple[str, str]] = Counter()  # (source topic, reason): router's and engine's
         self.router_steps = 0  # merge steps with input records buffered
-        self.end_offset_requests = 0  # ListOffsets requests of the merge (at most one a step)
+        self.end_offset_requests = 0  # ListOffsets requests of the merge (at most two a step)
         # log agent
         self.records = 0  # log records applied
         self.handed_off = 0  # of which handed off by the router
