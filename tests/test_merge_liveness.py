@@ -197,7 +197,8 @@ def bound_s(link: Link) -> float:
     worst 13-104 ms on "kafka", 90-404 ms on "kafka-slow" and 39-102 ms on "tansu", p99
     6-11, 43-253 and 35-68 ms. Asking the ends of the partitions with records buffered too
     waits at worst 4.7-6.8, 28-36 and 25.6-25.8 ms, p99 3.6-4.7, 22.5-28.9 and 24.8-25.2 ms
-    (bench/RESULTS.md, 2026-12-07 late)."""
+    (bench/RESULTS.md, 2026-12-07 late), but had longer tails on Apache Kafka with 16 log
+    partitions (2026-12-08): this simulation does not model all that a broker does."""
     return 0.25 + 2 * (link.fetch_max_wait_s + link.rtt_s)
 
 
