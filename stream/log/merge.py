@@ -167,9 +167,9 @@ async def step(tasks: dict[int, TaskInputs], ends: dict[Hashable, End], idle_s: 
     simulated broker of tests/test_merge_liveness.py and is as safe, but not faster on
     Apache Kafka: at 1,000 fills/s with 16 log partitions its router stage had p99 283-831
     ms in 5 of 7 runs (87-105 in the others), against 87-208 ms in 7 runs of this rule,
-    p50 alike (bench/RESULTS.md, 2026-12-08; the simulation lacks what does it, perhaps
-    an end-offset request queued on the broker's connection behind a fetch that waits for
-    data)."""
+    p50 alike (bench/RESULTS.md, 2026-12-08; the simulation lacks what does it: not the
+    shared connection, which did not help; perhaps the next fetch waiting behind one that
+    waits out its ``fetch_max_wait``)."""
     wait_s, requests = 1.0, 0
     positions: dict[Hashable, int] = {}
     for _ in range(2):  # once more after asking the end offsets the tasks need
