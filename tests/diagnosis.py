@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from stream.core.state import EngineState, take_in
 from stream.core.topics import INPUT_TOPICS
 from stream.kafka.clients import changelog_topic, read_topic
 from stream.log.ordered_log import entry_source, record_entries
@@ -40,15 +41,14 @@ def order_inversions(cluster, log_records, shown: int = 10) -> str:
         stamps.update(asyncio.run(stamped(topic)))
     found = []
     latest: dict[int, tuple[int, tuple]] = {}  # per log partition: the entry published last of those applied
-    taken: dict[tuple, int] = {}  # per log partition and input partition: the highest offset applied
+    taken: dict[int, EngineState] = {}  # per log partition: which source offsets it took in (only ``taken`` used)
     for log_p, log_o, value in sorted(log_records):
         for entry in record_entries(value):
             source = entry_source(entry)
             if source is None or source[:3] not in index:
                 continue
-            if taken.get((log_p, *source[:2]), -1) >= source[2]:
-                continue  # a copy, which the engine skips (stream.core.state.take_in)
-            taken[(log_p, *source[:2])] = source[2]
+            if not take_in(taken.setdefault(log_p, EngineState()), *source[:3]):
+                continue  # a copy, which the engine skips
             i = index[source[:3]]
             last = latest.get(log_p)
             if last is not None and i < last[0] and stamps.get(source[:3]) != stamps.get(last[1]):
