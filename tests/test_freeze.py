@@ -16,13 +16,14 @@ many batches a piece makes then depends less on how fast the router forwards a b
 published without waiting, five pieces once left the worker short of its freeze point, in
 CI); then it waits until the group has only the other member left (the session timeout
 passed, the other took every partition over), publishes more and waits until the survivor
-consumed it all; then SIGCONTs the frozen worker and lets it run -- it writes whatever it was about to write,
-learns it was replaced and rejoins -- while the rest but the last piece is published. Then
-every worker is killed, a fresh one (empty local state: it loads the changelog) starts and
-the last piece is published. :func:`check_outcome` then asserts what a crash-free run
-gives: no input lost or dead-lettered, every published record (each id with one content)
-equal to the pure engine applied in publication order and to a replay of the log, the
-persisted state equal to the replayed state, ``kpimargin replay`` without mismatch.
+consumed it all; then SIGCONTs the frozen worker and lets it run -- it writes whatever it
+was about to write, learns it was replaced and rejoins -- while the rest but the last
+piece is published. Then every worker is killed, a fresh one (empty local state: it
+loads the changelog) starts and the last piece is published. :func:`check_outcome` then
+asserts what a crash-free run gives: no input lost or dead-lettered, every published
+record (each id with one content) equal to the pure engine applied in publication order
+and to a replay of the log, the persisted state equal to the replayed state, ``kpimargin
+replay`` without mismatch.
 """
 
 from __future__ import annotations
